@@ -1,0 +1,209 @@
+"""One level of the residual stack: a codebook, its lookup, its losses and its training-only updates.
+
+Works on rows: inputs are (N, dim) with N = batch * frames. The optional
+projection (DAC's factorised codes) maps `dim` to a small `codebook_dim`
+where the lookup, the losses and the EMA live.
+
+Gradients, stated once (tests check each):
+- commitment loss mse(x, sg(q)) reaches the encoder (and in_proj), never the codebook;
+- codebook loss mse(sg(x), q) trains the codebook when update="gradient";
+- with update="ema" the codebook is a buffer and moves by EMA of the assigned inputs;
+- the level's output out_proj(sg(q)) trains out_proj (and nothing upstream).
+
+Training-only side effects (k-means init, EMA, dead-code replacement, usage
+counts) run only when `self.training`, updates are not frozen, and we are not
+under torch.inference_mode(). Eval mode touches no buffer.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from codec.quantize.ema import assignment_sums, ema_update_
+from codec.quantize.kmeans import kmeans, sample_rows
+from codec.quantize.lookup import nearest_codes
+from codec.quantize.losses import codebook_loss, commitment_loss
+from codec.quantize.stats import LevelStats, perplexity
+
+UPDATES = ("ema", "gradient")
+INITS = ("kmeans", "random")
+
+# Usage below this counts as dead in statistics when replacement is off (the reports' "<0.001 usage").
+DEAD_USAGE_FLOOR = 1e-3
+
+
+class LevelOutput(NamedTuple):
+    output: torch.Tensor  # (N, dim) contribution of this level, out_proj(sg(q))
+    x: torch.Tensor  # (N, codebook_dim) projected input
+    q: torch.Tensor  # (N, codebook_dim) chosen codewords
+    codes: torch.Tensor  # (N,) int64
+    commit: torch.Tensor  # scalar, unweighted
+    codebook: torch.Tensor | None  # scalar, only when update="gradient"
+
+
+class Codebook(nn.Module):
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int,
+        codebook_dim: int | None = None,
+        metric: str = "euclidean",
+        update: str = "ema",
+        decay: float = 0.99,
+        init: str = "kmeans",
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 2.0,
+        eps: float = 1e-5,
+        chunk_rows: int | None = None,
+    ):
+        super().__init__()
+        if update not in UPDATES:
+            raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.dim = dim
+        self.codebook_size = codebook_size
+        self.codebook_dim = codebook_dim or dim
+        self.metric = metric
+        self.update = update
+        self.decay = decay
+        self.init = init
+        self.kmeans_iters = kmeans_iters
+        self.dead_code_threshold = dead_code_threshold
+        self.eps = eps
+        self.chunk_rows = chunk_rows
+        self.updates_frozen = False  # set by `frozen_codebooks()`: train-mode forward without side effects
+
+        projected = codebook_dim is not None and codebook_dim != dim
+        self.in_proj = nn.Linear(dim, self.codebook_dim) if projected else nn.Identity()
+        self.out_proj = nn.Linear(self.codebook_dim, dim) if projected else nn.Identity()
+
+        start = torch.randn(codebook_size, self.codebook_dim)
+        if update == "gradient":
+            self.codebook = nn.Parameter(start)
+        else:
+            self.register_buffer("codebook", start)
+            # A random code starts with a nominal mass of 1 so that, unused, it keeps its value
+            # (EnCodec starts embed_avg at the codes with zero counts, so unused codes blow up).
+            self.register_buffer("embed_sum", start.clone())
+        self.register_buffer("cluster_size", torch.ones(codebook_size))
+        self.register_buffer("initial_codebook", start.clone())
+        self.register_buffer("initialized", torch.tensor(init == "random"))
+        self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+
+        self.last_histogram: torch.Tensor | None = None  # codes chosen in the last forward
+        self.last_dead_count: int | None = None  # codes replaced in the last training forward
+
+    # ------------------------------------------------------------------ forward
+    def side_effects_allowed(self) -> bool:
+        return self.training and not self.updates_frozen and not torch.is_inference_mode_enabled()
+
+    def forward(self, residual: torch.Tensor, row_weight: torch.Tensor | None = None) -> LevelOutput:
+        """residual: (N, dim) float32 rows. row_weight: (N,) 1 for rows that use this level, 0 otherwise."""
+        x = self.in_proj(residual)
+        update = self.side_effects_allowed()
+        used_rows = x.detach() if row_weight is None else x.detach()[row_weight > 0]
+        if update and not bool(self.initialized) and used_rows.shape[0] > 0:
+            self._init_from_data(used_rows)
+
+        codes = nearest_codes(x.detach(), self.codebook.detach(), self.metric, self.chunk_rows)
+        q = F.embedding(codes, self.codebook)  # gradient reaches the codebook only via codebook_loss
+        commit = commitment_loss(x, q, row_weight)
+        cb_loss = codebook_loss(x, q, row_weight) if self.update == "gradient" else None
+        output = self.out_proj(q.detach())
+
+        used_codes = codes if row_weight is None else codes[row_weight > 0]
+        self.last_histogram = torch.bincount(used_codes, minlength=self.codebook_size)
+        if update and used_rows.shape[0] > 0:
+            self._train_step(used_rows, used_codes)
+        return LevelOutput(output, x, q, codes, commit, cb_loss)
+
+    def lookup(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (N,) to their contribution in `dim` space (what forward outputs)."""
+        return self.out_proj(F.embedding(codes, self.codebook.detach()))
+
+    # ------------------------------------------------------- training-only updates
+    @torch.no_grad()
+    def _init_from_data(self, rows: torch.Tensor) -> None:
+        means, counts = kmeans(rows.float(), self.codebook_size, self.kmeans_iters, self.metric)
+        self.codebook.data.copy_(means)
+        self.initial_codebook.copy_(means)
+        self.cluster_size.copy_(counts)
+        if self.update == "ema":
+            # Sum of assigned inputs = mean * count. Storing the means alone (EnCodec,
+            # vector-quantize-pytorch #66) shrinks every code by its count at the next EMA step.
+            self.embed_sum.copy_(means * counts.unsqueeze(1))
+        self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def _train_step(self, rows: torch.Tensor, codes: torch.Tensor) -> None:
+        rows = rows.float()
+        if self.update == "ema":
+            ema_update_(self.codebook, self.cluster_size, self.embed_sum, rows, codes, self.decay, self.eps)
+        else:
+            counts, _ = assignment_sums(rows[:, :1], codes, self.codebook_size)
+            self.cluster_size.lerp_(counts, 1.0 - self.decay)
+        self._replace_dead_codes(rows)
+        self.trained_steps += 1
+
+    @torch.no_grad()
+    def _replace_dead_codes(self, rows: torch.Tensor) -> None:
+        """Move codes whose EMA usage fell below the threshold onto recent inputs.
+
+        Runs *after* the EMA normalisation, and rewrites the EMA state of the moved
+        codes too, so the next EMA step keeps them where they were put (EnCodec
+        replaces before its normalisation overwrites the codebook: encodec #61).
+        """
+        if self.dead_code_threshold <= 0:
+            self.last_dead_count = 0
+            return
+        dead = self.cluster_size < self.dead_code_threshold
+        n_dead = int(dead.sum())
+        self.last_dead_count = n_dead
+        if n_dead == 0:
+            return
+        fresh = sample_rows(rows, n_dead)
+        self.codebook.data[dead] = fresh.to(self.codebook.dtype)
+        # A re-seeded code gets half the threshold as mass: below it, so it still counts
+        # as dead until inputs choose it, and non-zero, so EMA keeps it in place.
+        mass = 0.5 * self.dead_code_threshold
+        self.cluster_size[dead] = mass
+        if self.update == "ema":
+            self.embed_sum[dead] = fresh * mass
+
+    # ---------------------------------------------------------------- statistics
+    def dead_code_mask(self) -> torch.Tensor:
+        return self.cluster_size < max(self.dead_code_threshold, DEAD_USAGE_FLOOR)
+
+    @torch.no_grad()
+    def stats(self, level: int, active: bool) -> LevelStats:
+        book = self.codebook.detach().float()
+        norms = book.norm(dim=1)
+        init_norm = self.initial_codebook.float().norm(dim=1).mean().clamp_min(1e-12)
+        hist = self.last_histogram
+        if hist is None:
+            hist = torch.zeros(self.codebook_size, dtype=torch.long)
+        hist = hist.detach().cpu()
+        return LevelStats(
+            level=level,
+            active=active,
+            initialized=bool(self.initialized),
+            histogram=hist,
+            perplexity=perplexity(hist),
+            codes_used=int((hist > 0).sum()),
+            ema_usage=self.cluster_size.detach().cpu().clone(),
+            dead_codes=int(self.dead_code_mask().sum()),
+            norm_mean=float(norms.mean()),
+            norm_std=float(norms.std()) if norms.numel() > 1 else 0.0,
+            norm_min=float(norms.min()),
+            norm_max=float(norms.max()),
+            value_std=float(book.std()),
+            value_min=float(book.min()),
+            value_max=float(book.max()),
+            distance_from_init=float((book - self.initial_codebook.float()).norm(dim=1).mean() / init_norm),
+            trained_steps=int(self.trained_steps),
+        )

@@ -1,0 +1,71 @@
+"""Code-usage statistics: perplexity, utilisation, and the per-level snapshot callbacks read."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def usage_entropy_bits(histogram: torch.Tensor) -> float:
+    """Entropy in bits of the empirical code distribution (0 for an empty histogram)."""
+    counts = histogram.double()
+    total = counts.sum()
+    if total <= 0:
+        return 0.0
+    p = counts[counts > 0] / total
+    return float(-(p * p.log2()).sum())
+
+
+def perplexity(histogram: torch.Tensor) -> float:
+    """2 ** entropy: the number of equally used codes with the same entropy (1 = one code)."""
+    return float(2.0 ** usage_entropy_bits(histogram))
+
+
+def codebook_utilization(histograms: list[torch.Tensor], codebook_size: int) -> float:
+    """DAC's effective utilisation (`scripts/compute_entropy.py`), in percent:
+    sum over levels of usage entropy in bits / (log2(codebook_size) * levels)."""
+    if not histograms:
+        return 0.0
+    entropy = sum(usage_entropy_bits(h) for h in histograms)
+    return 100.0 * entropy / (math.log2(codebook_size) * len(histograms))
+
+
+@dataclass
+class LevelStats:
+    """What one level looked like after the last forward, plus its long-run state."""
+
+    level: int
+    active: bool
+    initialized: bool
+    histogram: torch.Tensor  # (K,) codes chosen in the last forward (rows that used this level)
+    perplexity: float
+    codes_used: int  # distinct codes in the last forward
+    ema_usage: torch.Tensor  # (K,) EMA of assignments per step (cluster_size)
+    dead_codes: int  # codes whose EMA usage is below the dead-code threshold
+    norm_mean: float  # statistics of the codeword L2 norms
+    norm_std: float
+    norm_min: float
+    norm_max: float
+    value_std: float  # statistics of the raw codebook values (the reports' "std=1.51, min=-72")
+    value_min: float
+    value_max: float
+    distance_from_init: float  # mean ||c - c_init|| / mean ||c_init||
+    trained_steps: int  # training forwards in which this level was active
+
+    def scalars(self) -> dict[str, float]:
+        """The scalar fields, for loggers."""
+        return {
+            "perplexity": self.perplexity,
+            "codes_used": float(self.codes_used),
+            "dead_codes": float(self.dead_codes),
+            "norm_mean": self.norm_mean,
+            "norm_std": self.norm_std,
+            "norm_min": self.norm_min,
+            "norm_max": self.norm_max,
+            "value_std": self.value_std,
+            "value_min": self.value_min,
+            "value_max": self.value_max,
+            "distance_from_init": self.distance_from_init,
+        }

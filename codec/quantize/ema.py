@@ -21,7 +21,9 @@ def assignment_sums(inputs: torch.Tensor, codes: torch.Tensor, codebook_size: in
     """Per-code count and sum of the assigned input rows. inputs (N, D), codes (N,)."""
     counts = torch.bincount(codes, minlength=codebook_size).to(inputs.dtype)
     sums = torch.zeros(codebook_size, inputs.shape[1], dtype=inputs.dtype, device=inputs.device)
-    sums.index_add_(0, codes, inputs)
+    # index_put_ with accumulate, not index_add_: on CPU with 2 threads index_add_ took 80 ms
+    # for 200 rows when the other core was busy (its parallel path spin-waits); this stays ~0.05 ms.
+    sums.index_put_((codes,), inputs, accumulate=True)
     return counts, sums
 
 

@@ -1,0 +1,142 @@
+"""CodecModule: the LightningModule that trains a Codec and logs what the reports needed to see.
+
+Metric names follow `{stage}/{group}/{name}` (design.md): train/loss/*,
+train/rvq/*, val/audio/*, val/rvq/*. The optimizer and its schedule come from
+LightningCLI's `optimizer:` / `lr_scheduler:` config keys (AdamW by default
+when the module is used outside the CLI).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import lightning as L
+import torch
+from torchmetrics import MeanMetric, SumMetric
+from torchmetrics.audio import ScaleInvariantSignalDistortionRatio, SignalNoiseRatio
+
+from codec.losses import LossConfig, ReconstructionLoss, mel_distance, vq_weight
+from codec.model import Codec, QuantizerConfig, StructureConfig
+from codec.quantize.stats import perplexity
+
+
+def _config(cls, value):
+    """A config dataclass from a dataclass, a dict (from a checkpoint) or None (the defaults)."""
+    if value is None:
+        return cls()
+    if isinstance(value, dict):
+        return cls(**value)
+    return value
+
+
+class CodecModule(L.LightningModule):
+    """Trains an RVQ codec on (B, 1, S) audio batches.
+
+    Args:
+        sample_rate: audio sample rate in Hz (must match the data).
+        structure: layer structure of the codec (encoder/decoder sizes, pre_rvq_conv, final_conv,
+            waveform normalization).
+        quantizer: the residual quantizer's options (normalization, update rule, init, ...).
+        losses: weights of every loss (0 = not computed) and the VQ warm-up.
+        stats_every_n_steps: how often per-level codebook statistics are logged in training.
+    """
+
+    def __init__(
+        self,
+        sample_rate: int = 16000,
+        structure: StructureConfig | None = None,
+        quantizer: QuantizerConfig | None = None,
+        losses: LossConfig | None = None,
+        stats_every_n_steps: int = 25,
+    ):
+        super().__init__()
+        # Plain dicts in the frame's locals, so the checkpoint's hparams load with weights_only=True.
+        structure = asdict(_config(StructureConfig, structure))
+        quantizer = asdict(_config(QuantizerConfig, quantizer))
+        losses = asdict(_config(LossConfig, losses))
+        self.save_hyperparameters()
+        self.sample_rate = sample_rate
+        self.stats_every_n_steps = stats_every_n_steps
+        self.loss_config = LossConfig(**losses)
+        self.codec = Codec(StructureConfig(**structure), QuantizerConfig(**quantizer))
+        self.reconstruction = ReconstructionLoss(self.loss_config, sample_rate)
+        self.val_snr = SignalNoiseRatio()
+        self.val_si_sdr = ScaleInvariantSignalDistortionRatio()
+        self.val_mel = MeanMetric()
+        self.val_pred_energy = SumMetric()
+        self.val_target_energy = SumMetric()
+        self._val_histograms: list[torch.Tensor] = []
+
+    @property
+    def quantizer(self):
+        return self.codec.quantizer
+
+    def forward(self, audio: torch.Tensor):
+        return self.codec(audio)
+
+    # ---------------------------------------------------------------- training
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        out = self.codec(batch)
+        recon, parts = self.reconstruction(out.audio, batch, model=self.codec)
+        vq_total = sum(out.vq.losses.values())
+        total = recon + vq_weight(self.global_step, self.loss_config) * vq_total
+        logs = {f"train/loss/{name}": value.detach() for name, value in parts.items()}
+        logs["train/loss/vq_commit"] = out.vq.losses["commit"].detach()
+        if "codebook" in out.vq.losses:
+            logs["train/loss/vq_codebook"] = out.vq.losses["codebook"].detach()
+        logs["train/loss/total"] = total.detach()
+        logs["train/rvq/num_active"] = float(self.quantizer.num_active)
+        if self.global_step % self.stats_every_n_steps == 0:
+            logs.update(self._level_logs("train"))
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch.shape[0])
+        return total
+
+    def _level_logs(self, stage: str) -> dict[str, float]:
+        logs = {}
+        for s in self.quantizer.level_stats():
+            if not s.active:
+                continue
+            prefix = f"{stage}/rvq/q{s.level}"
+            logs[f"{prefix}/perplexity"] = s.perplexity
+            logs[f"{prefix}/codes_used"] = float(s.codes_used)
+            logs[f"{prefix}/dead_codes"] = float(s.dead_codes)
+        logs[f"{stage}/rvq/utilization"] = self.quantizer.utilization()
+        return logs
+
+    # -------------------------------------------------------------- validation
+    def on_validation_epoch_start(self) -> None:
+        self._val_histograms = []
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        out = self.codec(batch)
+        pred, target = out.audio.flatten(1), batch.flatten(1)
+        self.val_snr.update(pred, target)
+        self.val_si_sdr.update(pred, target)
+        self.val_mel.update(mel_distance(out.audio, batch, self.sample_rate), weight=batch.shape[0])
+        self.val_pred_energy.update(pred.pow(2).sum())
+        self.val_target_energy.update(target.pow(2).sum())
+        histograms = [level.last_histogram for level in self.quantizer.levels[: int(self.quantizer.num_active)]]
+        if not self._val_histograms:
+            self._val_histograms = [h.clone() for h in histograms]
+        else:
+            for acc, h in zip(self._val_histograms, histograms, strict=True):
+                acc += h
+
+    def on_validation_epoch_end(self) -> None:
+        energy_ratio = self.val_pred_energy.compute() / self.val_target_energy.compute().clamp_min(1e-12)
+        logs = {
+            "val/audio/snr_db": self.val_snr.compute(),
+            "val/audio/si_sdr_db": self.val_si_sdr.compute(),
+            "val/audio/mel_l1": self.val_mel.compute(),
+            "val/audio/rms_ratio": energy_ratio.sqrt(),
+        }
+        for level, hist in enumerate(self._val_histograms):
+            logs[f"val/rvq/q{level}/perplexity"] = perplexity(hist)
+            logs[f"val/rvq/q{level}/codes_used"] = float((hist > 0).sum())
+        for metric in (self.val_snr, self.val_si_sdr, self.val_mel, self.val_pred_energy, self.val_target_energy):
+            metric.reset()
+        self.log_dict(logs)
+
+    def configure_optimizers(self):
+        # Used when the module is driven without LightningCLI; the CLI's optimizer key replaces it.
+        return torch.optim.AdamW(self.parameters(), lr=2e-3, weight_decay=0.0)

@@ -18,7 +18,7 @@ STEPS = 300
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     CodecCLI(args=["fit", "-c", str(CONF / "waveform_l1.yaml"), f"--run.root={root}", "--run.wandb=false",
-                   f"--trainer.max_steps={STEPS}", "--trainer.val_check_interval=50",
+                   f"--trainer.max_steps={STEPS}", "--trainer.val_check_interval=25",
                    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
     (run_dir,) = (root / "waveform_l1").glob("version_*")
     return read_metrics(run_dir)

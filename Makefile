@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 export WANDB_MODE ?= offline
 
-.PHONY: venv test bench lint clean
+.PHONY: venv test demo bench lint clean
 
 venv: $(STAMP)
 
@@ -23,8 +23,19 @@ $(BENCH_STAMP): $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# Short phase_1 and phase_b runs on the embedded data, then the reports' comparison, generated.
+DEMO_STEPS ?= 300
+DEMO_ROOT ?= runs/demo
+DEMO_ARGS = --trainer.max_steps=$(DEMO_STEPS) --trainer.val_check_interval=100 --run.root=$(DEMO_ROOT) \
+	--trainer.enable_model_summary=false
+demo: $(STAMP)
+	$(VENV)/bin/codec fit -c conf/phase_1.yaml $(DEMO_ARGS)
+	$(VENV)/bin/codec fit -c conf/phase_b.yaml $(DEMO_ARGS)
+	$(PY) -m codec.report $(DEMO_ROOT)/phase_1 $(DEMO_ROOT)/phase_b
+
 bench: $(BENCH_STAMP)
 	$(PY) bench/quantizer.py
+	$(PY) bench/train_step.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check codec tests bench

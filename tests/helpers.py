@@ -1,5 +1,7 @@
 """Small data and state helpers shared by the tests."""
 
+from pathlib import Path
+
 import torch
 
 
@@ -28,3 +30,6 @@ def assert_state_equal(before: dict, module: torch.nn.Module) -> None:
     assert before.keys() == after.keys()
     for k in before:
         assert torch.equal(before[k], after[k]), f"{k} changed"
+
+
+CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -13,7 +13,8 @@ from codec.callbacks import ProgressiveRVQ
 from codec.cli import CodecCLI, main
 from codec.report import read_metrics
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+from helpers import CONF
+
 PHASES = ["phase_1", "phase_2a", "phase_a", "phase_a_v2", "phase_b"]
 
 # The loss column of the phase table in failure-modes.md (RVQ losses are always on).

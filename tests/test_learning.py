@@ -9,7 +9,7 @@ import pytest
 from codec.cli import CodecCLI
 from codec.report import read_metrics, series
 
-from test_cli import CONF
+from helpers import CONF
 
 STEPS = 300
 

@@ -123,3 +123,29 @@ def test_post_scale_and_bias_learn_from_the_output():
     out = rvq(torch.randn(2, 16, 9))
     gs, gb = grads_of(out.quantized.pow(2).sum(), [rvq.post_scale, rvq.post_bias])
     assert (gs.abs().sum(dim=1) > 0).all() and (gb.abs().sum(dim=1) > 0).all()
+
+
+def test_fast_plain_stack_matches_the_general_loop():
+    """EMA stacks without projections take a closed-form path (for speed); it must agree exactly."""
+    import copy
+
+    rvq = ResidualVQ(dim=16, num_quantizers=4, codebook_size=32, dead_code_threshold=2.0)
+    rvq(torch.randn(4, 16, 20))
+    fast, general = copy.deepcopy(rvq), copy.deepcopy(rvq)
+    general._plain_ema_stack = lambda: False
+    assert fast._plain_ema_stack()
+    weights = torch.randn(4)
+    results = []
+    for model in (fast, general):
+        torch.manual_seed(1)  # same dead-code draws
+        z = torch.randn(4, 16, 20, requires_grad=True)
+        out = model(z)
+        (out.commit_per_level * weights).sum().backward()
+        results.append((out, z.grad, model.state_dict()))
+    (a, ga, sa), (b, gb, sb) = results
+    assert torch.equal(a.codes, b.codes)
+    assert torch.allclose(a.quantized, b.quantized, atol=1e-6)
+    assert torch.allclose(a.commit_per_level, b.commit_per_level, rtol=1e-5)
+    assert ga.abs().max() > 1e-4 and torch.allclose(ga, gb, rtol=1e-4, atol=1e-9)
+    for key in sa:
+        assert torch.allclose(sa[key].float(), sb[key].float(), atol=1e-5), key

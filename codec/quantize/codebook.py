@@ -105,22 +105,33 @@ class Codebook(nn.Module):
     def forward(self, residual: torch.Tensor, row_weight: torch.Tensor | None = None) -> LevelOutput:
         """residual: (N, dim) float32 rows. row_weight: (N,) 1 for rows that use this level, 0 otherwise."""
         x = self.in_proj(residual)
-        update = self.side_effects_allowed()
-        used_rows = x.detach() if row_weight is None else x.detach()[row_weight > 0]
-        if update and not bool(self.initialized) and used_rows.shape[0] > 0:
-            self._init_from_data(used_rows)
-
-        codes = nearest_codes(x.detach(), self.codebook.detach(), self.metric, self.chunk_rows)
-        q = F.embedding(codes, self.codebook)  # gradient reaches the codebook only via codebook_loss
+        codes, q = self.assign(x, row_weight)
         commit = commitment_loss(x, q, row_weight)
         cb_loss = codebook_loss(x, q, row_weight) if self.update == "gradient" else None
-        output = self.out_proj(q.detach())
+        return LevelOutput(self.out_proj(q.detach()), x, q, codes, commit, cb_loss)
 
+    def assign(self, x: torch.Tensor, row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes, codewords) for projected rows x; in training also init, EMA, replacement and usage.
+
+        The codewords are gathered before this step's updates (with the codebook's gradient when
+        update="gradient"); the lookup itself never carries a gradient.
+        """
+        x = x.detach()
+        update = self.side_effects_allowed()
+        used_rows = x if row_weight is None else x[row_weight > 0]
+        if update and not bool(self.initialized) and used_rows.shape[0] > 0:
+            self._init_from_data(used_rows)
+        codes = nearest_codes(x, self.codebook.detach(), self.metric, self.chunk_rows)
+        q = F.embedding(codes, self.codebook)
         used_codes = codes if row_weight is None else codes[row_weight > 0]
         self.last_histogram = torch.bincount(used_codes, minlength=self.codebook_size)
         if update and used_rows.shape[0] > 0:
             self._train_step(used_rows, used_codes)
-        return LevelOutput(output, x, q, codes, commit, cb_loss)
+        return codes, q
+
+    @property
+    def projected(self) -> bool:
+        return not isinstance(self.in_proj, nn.Identity)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (N,) to their contribution in `dim` space (what forward outputs)."""

@@ -99,14 +99,15 @@ class CodecModule(L.LightningModule):
 
     def _level_logs(self, stage: str) -> dict[str, float]:
         logs = {}
-        for s in self.quantizer.level_stats():
+        stats = self.quantizer.level_stats()
+        for s in stats:
             if not s.active:
                 continue
             prefix = f"{stage}/rvq/q{s.level}"
             logs[f"{prefix}/perplexity"] = s.perplexity
             logs[f"{prefix}/codes_used"] = float(s.codes_used)
             logs[f"{prefix}/dead_codes"] = float(s.dead_codes)
-        logs[f"{stage}/rvq/utilization"] = self.quantizer.utilization()
+        logs[f"{stage}/rvq/utilization"] = self.quantizer.utilization(stats)
         return logs
 
     # -------------------------------------------------------------- validation

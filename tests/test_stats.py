@@ -69,3 +69,15 @@ def test_progressive_schedule_with_delayed_start_and_bad_values():
     assert progressive_num_active(1250, start=1000, every=100, maximum=4) == 3
     with pytest.raises(ValueError, match="every"):
         progressive_num_active(0, start=0, every=0, maximum=4)
+
+
+def test_gradient_codebooks_track_usage_for_dead_codes_too():
+    rvq = ResidualVQ(dim=4, num_quantizers=1, codebook_size=8, update="gradient", init="random",
+                     dead_code_threshold=0.0, decay=0.5)
+    level = rvq.levels[0]
+    z = level.codebook.detach()[[2, 2, 2, 5]].t().unsqueeze(0).contiguous()  # frames on codes 2 and 5
+    rvq(z)
+    expected = torch.ones(8) * 0.5  # nominal mass 1, decayed
+    expected[2] += 0.5 * 3
+    expected[5] += 0.5 * 1
+    assert torch.allclose(level.cluster_size, expected)

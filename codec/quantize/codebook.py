@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codec.quantize.ema import assignment_sums, ema_update_
+from codec.quantize.ema import ema_update_
 from codec.quantize.kmeans import kmeans, sample_rows
 from codec.quantize.lookup import nearest_codes
 from codec.quantize.losses import codebook_loss, commitment_loss
@@ -126,7 +126,7 @@ class Codebook(nn.Module):
         used_codes = codes if row_weight is None else codes[row_weight > 0]
         self.last_histogram = torch.bincount(used_codes, minlength=self.codebook_size)
         if update and used_rows.shape[0] > 0:
-            self._train_step(used_rows, used_codes)
+            self._train_step(used_rows, used_codes, self.last_histogram)
         return codes, q
 
     @property
@@ -151,13 +151,12 @@ class Codebook(nn.Module):
         self.initialized.fill_(True)
 
     @torch.no_grad()
-    def _train_step(self, rows: torch.Tensor, codes: torch.Tensor) -> None:
+    def _train_step(self, rows: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
         rows = rows.float()
         if self.update == "ema":
             ema_update_(self.codebook, self.cluster_size, self.embed_sum, rows, codes, self.decay, self.eps)
-        else:
-            counts, _ = assignment_sums(rows[:, :1], codes, self.codebook_size)
-            self.cluster_size.lerp_(counts, 1.0 - self.decay)
+        else:  # usage only, for dead-code replacement and statistics
+            self.cluster_size.lerp_(counts.to(self.cluster_size.dtype), 1.0 - self.decay)
         self._replace_dead_codes(rows)
         self.trained_steps += 1
 

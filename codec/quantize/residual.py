@@ -290,9 +290,11 @@ class ResidualVQ(nn.Module):
         active = int(self.num_active)
         return [level.stats(i, i < active) for i, level in enumerate(self.levels)]
 
-    def utilization(self) -> float:
-        """DAC's effective codebook utilisation (%) over the active levels' last histograms."""
-        stats = self.level_stats()
+    def utilization(self, stats: list[LevelStats] | None = None) -> float:
+        """DAC's effective codebook utilisation (%) over the active levels' last histograms.
+
+        Pass the result of `level_stats()` when you have it, to not compute it twice."""
+        stats = self.level_stats() if stats is None else stats
         return codebook_utilization([s.histogram for s in stats if s.active], self.codebook_size)
 
 

@@ -95,16 +95,21 @@ def _wandb_logger(run, log_dir: str) -> Logger:
                        tags=list(run.tags), save_dir=log_dir)
 
 
-TOOLS = {"encode", "decode"}
+# Subcommands that are not LightningCLI's: name -> module whose `main(argv) -> int` gets the full argv
+# (the subcommand name first). Imported lazily, so `codec fit` pays for none of them.
+TOOLS = {
+    "encode": "codec.inference",
+    "decode": "codec.inference",
+}
 
 
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     if args and args[0] in TOOLS:
-        from codec import inference
+        import importlib
 
-        sys.exit(inference.main(args))
+        sys.exit(importlib.import_module(TOOLS[args[0]]).main(args))
     CodecCLI(args=argv)  # None: LightningCLI reads sys.argv itself
 
 

@@ -116,18 +116,29 @@ class Codebook(nn.Module):
         The codewords are gathered before this step's updates (with the codebook's gradient when
         update="gradient"); the lookup itself never carries a gradient.
         """
+        codes, q, _ = self.assign_keeping_codebook(x, row_weight)
+        return codes, q
+
+    def assign_keeping_codebook(
+        self, x: torch.Tensor, row_weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`assign`, plus the codebook the codewords were gathered from (detached; a copy only when
+        this step's updates change the codebook in place), so callers can re-gather them later
+        instead of keeping (N, dim) codewords alive."""
         x = x.detach()
         update = self.side_effects_allowed()
         used_rows = x if row_weight is None else x[row_weight > 0]
         if update and not bool(self.initialized) and used_rows.shape[0] > 0:
             self._init_from_data(used_rows)
-        codes = nearest_codes(x, self.codebook.detach(), self.metric, self.chunk_rows)
+        book = self.codebook.detach()
+        codes = nearest_codes(x, book, self.metric, self.chunk_rows)
         q = F.embedding(codes, self.codebook)
         used_codes = codes if row_weight is None else codes[row_weight > 0]
         self.last_histogram = torch.bincount(used_codes, minlength=self.codebook_size)
         if update and used_rows.shape[0] > 0:
+            book = book.clone()  # K x dim, small next to the rows
             self._train_step(used_rows, used_codes, self.last_histogram)
-        return codes, q
+        return codes, q, book
 
     @property
     def projected(self) -> bool:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
@@ -196,7 +197,7 @@ class ResidualVQ(nn.Module):
 
         q = rearrange(total, "(b t) d -> b d t", b=b, t=t).to(z.dtype)
         restored = restore_output(q, None if scale is None else scale.detach())
-        quantized = anchor - anchor.detach() + restored
+        quantized = _StraightThrough.apply(anchor, restored)
         losses = {"commit": self.commitment_weight * commit_per_level.sum()}
         if codebook_losses:
             losses["codebook"] = torch.stack(codebook_losses).sum()
@@ -233,20 +234,22 @@ class ResidualVQ(nn.Module):
     def _plain_levels(self, residual, n):
         """Same result as `_levels` for EMA codebooks without projections, post_scale or dropout.
 
-        The residual is updated without autograd, the sum of codewords is r_0 - r_n, and the
-        commitment losses mean(r_{i+1}^2) get their gradient to r_0 in closed form: the general
+        The residual is updated in place without autograd, the sum of codewords is r_0 - r_n, and
+        the commitment losses mean(r_{i+1}^2) get their gradient to r_0 in closed form: the general
         loop spends a quarter of the step on per-level autograd bookkeeping (bench/quantizer.py).
+        Backward keeps only r_n, the codes and each level's codebook, so memory does not grow
+        with the number of levels times the rows.
         """
-        work = residual.detach()
-        codes, residuals = [], []
+        work = residual.detach().clone()
+        codes, books, commits = [], [], []
         for level in self.levels[:n]:
-            level_codes, q = level.assign(work)
-            work = work - q
+            level_codes, q, book = level.assign_keeping_codebook(work)
+            work.sub_(q)
             codes.append(level_codes)
-            residuals.append(work)
-        commits = _StackCommitment.apply(residual, *residuals)
+            books.append(book)
+            commits.append(torch.linalg.vector_norm(work).square())
+        commits = _StackCommitment.apply(residual, torch.stack(commits) / work.numel(), work, codes, books)
         return residual.detach() - work, codes, commits, []
-
     def _post(self, level: int, output: torch.Tensor) -> torch.Tensor:
         if self.post_scale is None:
             return output
@@ -299,24 +302,41 @@ class ResidualVQ(nn.Module):
 
 
 class _StackCommitment(torch.autograd.Function):
-    """Per-level commitment losses of a projection-free stack, mean(r_{i+1}^2), with the gradient to
-    the stack input r_0 in closed form: r_{i+1} = r_0 - sg(codewords of levels <= i), so
-    d mean(r_{i+1}^2) / d r_0 = 2 r_{i+1} / numel. Equal to mse(x_i, sg(q_i)) per level."""
+    """Per-level commitment losses of a projection-free stack, mean(r_{i+1}^2) (computed by the
+    caller), with the gradient to the stack input r_0 in closed form: r_{i+1} = r_0 - sg(codewords
+    of levels <= i), so d mean(r_{i+1}^2) / d r_0 = 2 r_{i+1} / numel. Equal to mse(x_i, sg(q_i)).
+
+    Only the last residual r_n is kept; backward walks the levels from the top, re-gathering each
+    level's codewords from its codes: r_i = r_{i+1} + q_i."""
 
     @staticmethod
-    def forward(ctx, r0, *residuals):
-        ctx.save_for_backward(*residuals)
-        numel = residuals[0].numel()
-        return torch.stack([torch.linalg.vector_norm(r).square() / numel for r in residuals])
+    def forward(ctx, r0, losses, last_residual, codes, books):
+        ctx.save_for_backward(last_residual)
+        ctx.codes, ctx.books = codes, books
+        return losses.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        residuals = ctx.saved_tensors
-        weights = (grad * (2.0 / residuals[0].numel())).tolist()
-        g = residuals[0] * weights[0]
-        for r, w in zip(residuals[1:], weights[1:], strict=True):
-            g.add_(r, alpha=w)
-        return (g, *([None] * len(residuals)))
+        (r,) = ctx.saved_tensors
+        weights = (grad * (2.0 / r.numel())).tolist()
+        g = r * weights[-1]
+        r = r.clone()
+        for i in range(len(weights) - 2, -1, -1):  # r_{i+1} = r_{i+2} + q_{i+1}
+            r.add_(F.embedding(ctx.codes[i + 1], ctx.books[i + 1]))
+            if weights[i]:
+                g.add_(r, alpha=weights[i])
+        return g, None, None, None, None
+class _StraightThrough(torch.autograd.Function):
+    """`anchor - sg(anchor) + restored` in one contiguous tensor instead of two temporaries: the
+    value of `restored`, the gradient passed unchanged to both `anchor` and `restored`."""
+
+    @staticmethod
+    def forward(ctx, anchor, restored):
+        return restored.contiguous() if restored is not anchor else restored.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, grad
 
 
 @contextlib.contextmanager

@@ -1,0 +1,5 @@
+import sys
+
+from codec.sweep.command import main
+
+sys.exit(main())

@@ -1,0 +1,76 @@
+"""Pruning inside a trial: Optuna's pruner on the validation objective, and at once for F3 and divergence.
+
+optuna-integration's `PyTorchLightningPruningCallback` reports at `current_epoch`; our validation
+is step-based (`val_check_interval` in steps, one long epoch), so this subclass reports at
+`trainer.global_step`. Instead of raising inside Lightning it stops the trainer and keeps the
+reason, so the run directory is closed normally (metrics.csv, summary.json) and the objective
+raises `optuna.TrialPruned` after `fit` returns.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+
+import torch
+from optuna_integration import PyTorchLightningPruningCallback
+
+LOSS_KEY = "train/loss/total"
+
+
+class TrialPruning(PyTorchLightningPruningCallback):
+    def __init__(self, trial, monitor: str):
+        super().__init__(trial, monitor)
+        self.reason: str | None = None
+
+    # ------------------------------------------------------------ the pruner, fed at global steps
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or self.stop_if_collapsed(trainer):
+            return
+        score = trainer.callback_metrics.get(self.monitor)
+        if score is None:
+            warnings.warn(f"the objective {self.monitor!r} was not logged at validation; cannot prune",
+                          stacklevel=2)
+            return
+        value, step = float(score), trainer.global_step
+        if not math.isfinite(value):
+            self._stop(trainer, f"{self.monitor} is {value} at step {step}")
+            return
+        self._trial.report(value, step=step)
+        if self._trial.should_prune():
+            self._stop(trainer, f"pruner stopped it at step {step} ({self.monitor} = {value:.4g})")
+
+    # ------------------------------------------------------------ at once: F3 and divergence
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.stop_if_collapsed(trainer)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.reason:
+            return
+        loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+            self._stop(trainer, f"non-finite training loss ({float(loss)}) at step {trainer.global_step}")
+            return
+        logged = trainer.callback_metrics.get(LOSS_KEY)
+        if logged is not None and not math.isfinite(float(logged)):
+            self._stop(trainer, f"{LOSS_KEY} is {float(logged)} at step {trainer.global_step}")
+            return
+        # A step can turn the weights non-finite while its own loss was finite; the next forward
+        # would then fail inside the model instead of being pruned.
+        bad = next((n for n, p in pl_module.named_parameters() if not bool(torch.isfinite(p.sum()))), None)
+        if bad is not None:
+            self._stop(trainer, f"parameter {bad} is not finite after step {trainer.global_step}")
+
+    def stop_if_collapsed(self, trainer) -> bool:
+        if self.reason:
+            return True
+        # Duck-typed: any callback that declares amplitude collapse (codec.callbacks' monitor does).
+        steps = [s for cb in trainer.callbacks if (s := getattr(cb, "collapsed_at_step", None)) is not None]
+        if steps:
+            self._stop(trainer, f"amplitude collapse (F3) declared at step {min(steps)}")
+        return bool(steps)
+
+    def _stop(self, trainer, reason: str) -> None:
+        self.reason = reason
+        trainer.should_stop = True

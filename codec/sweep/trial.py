@@ -1,0 +1,131 @@
+"""One trial: sampled values -> LightningCLI arguments -> a normal run directory -> the objective.
+
+Each trial writes `<sweep dir>/trial_NNNN/<arm>/version_0/` (config.yaml, metrics.csv,
+checkpoints/), where <arm> is the varied values (`normalization=zscore`): the CLI makes it the W&B
+group, so W&B's group view compares the arms; tags are `sweep:<name>` and the values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from pathlib import Path
+
+import optuna
+
+from codec.sweep.config import Sweep, SweepFileError, config_path
+from codec.sweep.space import CONFIG_KEY, arm_label, cli_value
+
+
+class SpaceKeyError(ValueError):
+    """A space (or override) entry the LightningCLI rejects; raised before any trial starts."""
+
+
+def base_args(sweep: Sweep) -> list[str]:
+    """Arguments shared by every trial: base config, sweep length, fixed overrides."""
+    return ["-c", str(sweep.base), f"--trainer.max_steps={sweep.steps}",
+            f"--trainer.val_check_interval={sweep.validation_interval}", "--trainer.check_val_every_n_epoch=null",
+            *sweep.overrides]
+
+
+def param_args(sweep: Sweep, params: dict) -> list[str]:
+    """`--key=value` per sampled value; a `config` arm becomes `--config=<file>` (resolved like base)."""
+    return [f"--config={config_path(value, sweep.path)}" if key == CONFIG_KEY else f"--{key}={cli_value(value)}"
+            for key, value in params.items()]
+
+
+def trial_args(sweep: Sweep, params: dict, number: int) -> list[str]:
+    label = arm_label(params, sweep.space)
+    tags = [f"sweep:{sweep.name}", *label.split(",")]
+    # Order matters: base, then the arm, then what identifies the run (a phase file names its run).
+    return [*base_args(sweep), *param_args(sweep, params),
+            f"--run.root={sweep.dir / f'trial_{number:04d}'}", f"--run.name={label}",
+            f"--run.tags={json.dumps(tags)}", f"--run.wandb={str(sweep.wandb).lower()}"]
+
+
+def validate_space(sweep: Sweep) -> None:
+    """Parse (not build) the CLI config with every choice and both bounds of every interval.
+
+    jsonargparse checks each key and the type of each value here, in about 40 ms per parse, so a
+    typo in a key stops the sweep before the first trial. Values that only the model can reject
+    (an unknown normalization name) fail their trial instead.
+    """
+    parser = _parser(sweep)
+    for key, param in sweep.space.items():
+        entry = f"{key}: {param.expression}"
+        for value in param.examples():
+            try:
+                args = [*base_args(sweep), *param_args(sweep, {key: value})]
+                with contextlib.redirect_stderr(io.StringIO()):
+                    parser.parse_args(args)
+            except SweepFileError as e:
+                raise SpaceKeyError(f"space entry {entry!r}: {e}") from None
+            except (Exception, SystemExit) as e:  # jsonargparse exits on some errors
+                raise SpaceKeyError(f"{sweep.path}: space entry {entry!r} is rejected by the CLI: "
+                                    f"{_first_lines(e)}") from None
+
+
+def _parser(sweep: Sweep):
+    from codec.cli import CodecCLI
+
+    class ParseOnly(CodecCLI):
+        def instantiate_classes(self) -> None:  # parse and check only; build nothing
+            pass
+
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        try:
+            cli = ParseOnly(args=base_args(sweep), run=False)
+        except SystemExit:
+            raise SpaceKeyError(f"{sweep.path}: base config {sweep.base} or overrides are rejected by "
+                                f"the CLI: {err.getvalue().strip()[-500:]}") from None
+    cli.parser.exit_on_error = False
+    return cli.parser
+
+
+def _first_lines(error: BaseException, limit: int = 12) -> str:
+    return "\n".join(str(error).strip().splitlines()[:limit]) or type(error).__name__
+
+
+def objective(trial: optuna.Trial, sweep: Sweep) -> float:
+    """Train one arm; returns the objective metric at the last validation.
+
+    Pruned: raises optuna.TrialPruned with the reason (also in user attr `pruned`). Any other
+    error (SystemExit from the CLI included) is stored in user attr `error` and re-raised as a
+    RuntimeError, which the study records as FAIL and steps over.
+    """
+    from codec.cli import CodecCLI
+    from codec.sweep.pruning import TrialPruning
+
+    params = {key: param.suggest(trial) for key, param in sweep.space.items()}
+    trial.set_user_attr("arm", arm_label(params, sweep.space))
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):  # jsonargparse prints its reason, then exits
+            cli = CodecCLI(args=trial_args(sweep, params, trial.number), run=False)
+        pruning = TrialPruning(trial, monitor=sweep.metric)
+        cli.trainer.callbacks.append(pruning)
+        trial.set_user_attr("run_dir", str(Path(cli.trainer.log_dir).resolve()))
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        pruning.stop_if_collapsed(cli.trainer)  # collapse declared by the last validation
+        if pruning.reason:
+            trial.set_user_attr("pruned", pruning.reason)
+            raise optuna.TrialPruned(pruning.reason)
+        value = cli.trainer.callback_metrics.get(sweep.metric)
+        if value is None:
+            known = sorted(k for k in cli.trainer.callback_metrics if k.startswith("val/"))
+            raise KeyError(f"objective {sweep.metric!r} was never logged; validation logged {known}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise optuna.TrialPruned(f"{sweep.metric} is {value}")
+        return value
+    except optuna.TrialPruned:
+        raise
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as e:
+        detail = err.getvalue().strip()[-800:] if isinstance(e, SystemExit) else ""
+        message = f"{type(e).__name__}: {e}" + (f"\n{detail}" if detail else "")
+        trial.set_user_attr("error", message)
+        raise RuntimeError(message) from e

@@ -9,7 +9,8 @@ Per level it reports what the stored buffers say:
   dead = usage < max(dead_code_threshold, DEAD_USAGE_FLOOR); a level that never had a
   training step has used none (its buffer still holds the nominal init mass);
 - codebook value std / min / max, and the largest |value| of its initial codebook;
-- whether it ever trained: initialized, trained_steps > 0 and moved from its init.
+- whether it ever trained: initialized, trained_steps > 0 and moved from its init
+  (see `level_trained`).
 
 It compares the `num_active` buffer with the ProgressiveRVQ schedule stored in the
 checkpoint's callback state at the checkpoint's global step, and ends with verdict
@@ -87,8 +88,17 @@ class QuantizerFacts:
 
 def level_trained(initialized: bool, trained_steps: int, codebook: torch.Tensor,
                   initial_codebook: torch.Tensor) -> bool:
-    """A level trained when it was initialized, had training steps and moved from its init."""
-    return bool(initialized) and int(trained_steps) > 0 and distance_from_init(codebook, initial_codebook) > MOVED_FROM_INIT
+    """A level trained when it was initialized, had training steps and moved from its init.
+
+    One step is the exception to "moved": a k-means init is followed by the EMA step on the same
+    batch, whose assignments are the k-means ones, so the codebook stays at the means (a fixed
+    point) although it was fitted to data."""
+    steps = int(trained_steps)
+    return bool(initialized) and steps > 0 and (steps == 1 or not never_moved(codebook, initial_codebook))
+
+
+def never_moved(codebook: torch.Tensor, initial_codebook: torch.Tensor) -> bool:
+    return distance_from_init(codebook, initial_codebook) <= MOVED_FROM_INIT
 
 
 def distance_from_init(codebook: torch.Tensor, initial_codebook: torch.Tensor) -> float:
@@ -306,11 +316,11 @@ def _judge(report: Report, q: QuantizerFacts, schedule, step: int | None) -> Non
             f"{name}{_span(active_untrained)} {verb} active but never trained: {its} codes are noise{when}",
             remedy))
     for f in q.levels:
-        if not f.trained:
-            continue
-        if f.trained_steps and f.distance_from_init <= MOVED_FROM_INIT:
+        if f.initialized and f.trained_steps > 1 and f.distance_from_init <= MOVED_FROM_INIT:
             report.notes.append(f"{name}level {f.level}: {f.trained_steps} training steps but its codebook "
                                 "never moved from its init (an EMA of the quantized vectors does that: F6)")
+        if not f.trained:
+            continue
         reach = max(abs(f.value_min), abs(f.value_max))
         if f.init_abs_max > 0 and reach > DRIFT_FACTOR * f.init_abs_max:
             report.verdicts.append(Verdict(

@@ -62,6 +62,13 @@ class TrialPruning(PyTorchLightningPruningCallback):
         if bad is not None:
             self._stop(trainer, f"parameter {bad} is not finite after step {trainer.global_step}")
 
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        # The codec refuses non-finite tensors with an error that says so (ResidualVQ: "... is not
+        # finite"): weights blown up by a step whose own loss was still finite. That is divergence,
+        # so the trial is pruned, not failed; any other error fails the trial.
+        if isinstance(exception, (ValueError, FloatingPointError)) and "not finite" in str(exception):
+            self.reason = f"diverged at step {trainer.global_step}: {exception}"
+
     def stop_if_collapsed(self, trainer) -> bool:
         if self.reason:
             return True

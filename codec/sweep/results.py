@@ -91,7 +91,9 @@ def markdown_table(rows: list[dict], sweep: Sweep) -> str:
     headers = [f"objective ({sweep.metric}, {sweep.direction})" if h == "objective" else h for h in headers]
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(c), 80 if c == "note" else None) for c in columns) + " |")
+        note = (row.get("note") or "").split("\n")[0]  # the root cause; the CSV keeps all of it
+        lines.append("| " + " | ".join(_cell(note if c == "note" else row.get(c), 160 if c == "note" else None)
+                                       for c in columns) + " |")
     return "\n".join(lines)
 
 

@@ -169,5 +169,5 @@ def arm_label(params: dict[str, Any], space: dict[str, Param]) -> str:
         shown = f"{value:.4g}" if isinstance(value, float) else cli_value(value)
         if key == CONFIG_KEY:
             shown = Path(str(value)).stem
-        parts.append(f"{space[key].short}={shown}")
-    return re.sub(r"[^\w.=,+-]", "_", ",".join(parts))[:200]
+        parts.append(f"{space[key].short}=" + re.sub(r"[^\w.+-]", "_", shown))  # "," joins the parts
+    return ",".join(parts)[:200]

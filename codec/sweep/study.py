@@ -22,9 +22,6 @@ from optuna.trial import TrialState
 from codec.sweep.config import Sweep, SweepFileError
 from codec.sweep.trial import objective
 
-# Heartbeats and fail_stale_trials are marked experimental in Optuna; they are what makes resuming work.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="optuna")
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module=__name__)
 HEARTBEAT_S = 60  # a RUNNING trial whose worker is silent for 2x this is failed and retried
 
 
@@ -39,8 +36,10 @@ def open_storage(url: str):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for a worker's write lock, not fail
     # The heartbeat marks a killed worker's RUNNING trial FAIL (without an `error`), so that
-    # `requeue_interrupted` runs it again.
-    return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S)
+    # `requeue_interrupted` runs it again. Optuna calls it experimental; it is what resuming needs.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_S)
 
 
 def make_sampler(sweep: Sweep, worker: int = 0) -> optuna.samplers.BaseSampler:
@@ -136,7 +135,9 @@ def optimize(sweep: Sweep, n_trials: int, worker: int = 0) -> None:
 def run(sweep: Sweep, jobs: int = 1) -> optuna.Study:
     """Create or resume the study and run it up to `sweep.trials` with `jobs` worker processes."""
     study = load_study(sweep, create=True)
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     requeue_interrupted(study)
     remaining = max(0, sweep.trials - len(decided(study)))  # queued retries run first, within these
     print(f"sweep {sweep.name}: {len(decided(study))} of {sweep.trials} trials done, running {remaining} "

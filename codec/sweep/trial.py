@@ -88,6 +88,16 @@ def _first_lines(error: BaseException, limit: int = 12) -> str:
     return "\n".join(str(error).strip().splitlines()[:limit]) or type(error).__name__
 
 
+def _describe(error: BaseException) -> str:
+    """The root cause first (jsonargparse wraps a config's own ValueError in a long Union message),
+    then the error as raised."""
+    root = error
+    while (root.__cause__ or root.__context__) is not None:
+        root = root.__cause__ or root.__context__
+    outer = f"{type(error).__name__}: {error}"
+    return outer if root is error else f"{type(root).__name__}: {root}\n{outer}"
+
+
 def objective(trial: optuna.Trial, sweep: Sweep) -> float:
     """Train one arm; returns the objective metric at the last validation.
 
@@ -101,6 +111,7 @@ def objective(trial: optuna.Trial, sweep: Sweep) -> float:
     params = {key: param.suggest(trial) for key, param in sweep.space.items()}
     trial.set_user_attr("arm", arm_label(params, sweep.space))
     err = io.StringIO()
+    pruning = None
     try:
         with contextlib.redirect_stderr(err):  # jsonargparse prints its reason, then exits
             cli = CodecCLI(args=trial_args(sweep, params, trial.number), run=False)
@@ -118,6 +129,7 @@ def objective(trial: optuna.Trial, sweep: Sweep) -> float:
             raise KeyError(f"objective {sweep.metric!r} was never logged; validation logged {known}")
         value = float(value)
         if not math.isfinite(value):
+            trial.set_user_attr("pruned", f"{sweep.metric} is {value}")
             raise optuna.TrialPruned(f"{sweep.metric} is {value}")
         return value
     except optuna.TrialPruned:
@@ -125,7 +137,10 @@ def objective(trial: optuna.Trial, sweep: Sweep) -> float:
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as e:
+        if pruning is not None and pruning.reason:  # divergence surfaced as the model's error
+            trial.set_user_attr("pruned", pruning.reason)
+            raise optuna.TrialPruned(pruning.reason) from e
         detail = err.getvalue().strip()[-800:] if isinstance(e, SystemExit) else ""
-        message = f"{type(e).__name__}: {e}" + (f"\n{detail}" if detail else "")
+        message = _describe(e) + (f"\n{detail}" if detail else "")
         trial.set_user_attr("error", message)
         raise RuntimeError(message) from e

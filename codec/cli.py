@@ -100,6 +100,8 @@ def _wandb_logger(run, log_dir: str) -> Logger:
 TOOLS = {
     "encode": "codec.inference",
     "decode": "codec.inference",
+    "inspect": "codec.inspection",
+    "eval": "codec.evaluate",
     "sweep": "codec.sweep.command",
     "compare": "codec.compare",
 }

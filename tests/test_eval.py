@@ -1,0 +1,116 @@
+"""`codec eval`: metrics of a checkpoint on a folder of audio, eval mode and train mode side by side (F7)."""
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from codec.cli import CodecCLI
+from codec.data.folder import SkippedAudioWarning
+from codec.evaluate import evaluate, main, read_folder
+from codec.inference import load_module
+
+from helpers import CONF
+
+TINY = [
+    "--model.structure.channels=4", "--model.structure.strides=[2,4,5]", "--model.structure.latent_dim=16",
+    "--model.quantizer.codebook_size=16", "--model.quantizer.num_quantizers=4",
+    "--data.train_items=16", "--data.val_items=8", "--data.batch_size=4",
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    "--run.wandb=false", "--trainer.log_every_n_steps=1",
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    CodecCLI(args=["fit", "-c", str(CONF / "phase_1.yaml"), *TINY, f"--run.root={root}",
+                   "--trainer.max_steps=3", "--trainer.val_check_interval=3"])
+    (ckpt,) = (root / "phase_1").glob("version_*/checkpoints/last.ckpt")
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("audio")
+    t = np.arange(8000) / 16000
+    sf.write(root / "tone.wav", 0.1 * np.sin(2 * np.pi * 220 * t), 16000)
+    (root / "sub").mkdir()
+    noise = np.random.default_rng(0).normal(0, 0.05, (5000, 2))  # stereo at another rate: mixed, resampled
+    sf.write(root / "sub" / "noise.wav", noise, 22050)
+    (root / "broken.wav").write_bytes(b"RIFF this is not audio")
+    return root
+
+
+def _numbers(value):
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from _numbers(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _numbers(v)
+    elif isinstance(value, (int, float)):
+        yield value
+
+
+def test_eval_json_has_both_modes_finite_metrics_and_counts_the_corrupt_file(checkpoint, folder, capsys):
+    digest = hashlib.sha256(checkpoint.read_bytes()).hexdigest()
+    with pytest.warns(SkippedAudioWarning, match="broken.wav"):
+        assert main(["eval", str(checkpoint), "--data", str(folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["files"] == 2 and report["skipped"] == 1 and report["skipped_files"] == ["broken.wav"]
+    assert report["seconds"] == pytest.approx(0.5 + 5000 / 22050, abs=1e-3)
+    assert set(report["modes"]) == {"eval", "train"}
+    assert report["num_levels"] == 4
+    for mode in report["modes"].values():
+        assert set(mode) == {"snr_db", "si_sdr_db", "mel_distance", "rms_ratio", "levels"}
+        assert mode["rms_ratio"] > 0 and mode["mel_distance"] > 0
+        assert [lv["level"] for lv in mode["levels"]] == [0, 1, 2, 3]
+        assert all(1 <= lv["codes_used"] <= 16 and 1.0 <= lv["perplexity"] <= 16.0 for lv in mode["levels"])
+    assert all(math.isfinite(x) for x in _numbers(report))
+    # This codec has no dropout or batch statistics and the train pass freezes the codebooks,
+    # so both modes choose the same codes.
+    assert report["agreement"] == [1.0, 1.0, 1.0, 1.0]
+    assert hashlib.sha256(checkpoint.read_bytes()).hexdigest() == digest
+
+
+def test_train_mode_pass_leaves_every_buffer_as_it_was(checkpoint, folder):
+    module = load_module(checkpoint)
+    with pytest.warns(SkippedAudioWarning):
+        clips, skipped = read_folder(folder, module.sample_rate)
+    assert len(clips) == 2 and len(skipped) == 1
+    before = {name: b.clone() for name, b in module.named_buffers()}
+    rng = torch.get_rng_state()
+    result = evaluate(module, clips, num_levels=2)
+    assert not module.training and not any(m.training for m in module.modules())
+    assert torch.equal(torch.get_rng_state(), rng)
+    for name, buffer in module.named_buffers():
+        assert torch.equal(buffer, before[name]), f"{name} changed"
+    assert result["num_levels"] == 2 and len(result["agreement"]) == 2
+    assert result["modes"]["train"]["snr_db"] == pytest.approx(result["modes"]["eval"]["snr_db"], abs=1e-4)
+
+    # The control: the same forward in train mode, unprotected, does move the codebooks.
+    module.train()
+    with torch.no_grad():
+        module.codec(clips[0].audio)
+    assert not torch.equal(module.quantizer.levels[0].cluster_size, before["codec.quantizer.levels.0.cluster_size"])
+
+
+def test_long_files_are_cut_into_equal_pieces(folder):
+    with pytest.warns(SkippedAudioWarning):
+        clips, _ = read_folder(folder, 16000, segment_seconds=0.2)
+    tone = [c for c in clips if c.file == "tone.wav"]
+    assert [c.piece for c in tone] == [0, 1, 2]
+    assert sum(c.audio.shape[-1] for c in tone) == 8000 and all(c.audio.shape[-1] <= 3200 for c in tone)
+
+
+def test_missing_checkpoint_and_folder_are_named(checkpoint, tmp_path, capsys):
+    assert main(["eval", str(tmp_path / "none.ckpt"), "--data", str(tmp_path)]) == 2
+    assert "none.ckpt" in capsys.readouterr().err
+    assert main(["eval", str(checkpoint), "--data", str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err

@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 export WANDB_MODE ?= offline
 
-.PHONY: venv test demo bench lint clean
+.PHONY: venv test demo bench lint clean sweep
 
 venv: $(STAMP)
 
@@ -32,6 +32,13 @@ demo: $(STAMP)
 	$(VENV)/bin/codec fit -c conf/phase_1.yaml $(DEMO_ARGS)
 	$(VENV)/bin/codec fit -c conf/phase_b.yaml $(DEMO_ARGS)
 	$(PY) -m codec.report $(DEMO_ROOT)/phase_1 $(DEMO_ROOT)/phase_b
+
+# An Optuna ablation study from sweeps/$(ABLATION).yaml; re-running resumes it (storage under runs/sweeps/).
+# TRIALS= and STEPS= shorten it, JOBS= runs worker processes: make sweep ABLATION=normalization TRIALS=2 STEPS=100
+ABLATION ?= normalization
+SWEEP_ARGS = $(if $(TRIALS),--trials=$(TRIALS)) $(if $(STEPS),--steps=$(STEPS)) $(if $(JOBS),--jobs=$(JOBS))
+sweep: $(STAMP)
+	$(VENV)/bin/codec sweep sweeps/$(ABLATION).yaml $(SWEEP_ARGS)
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/quantizer.py

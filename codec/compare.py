@@ -110,6 +110,7 @@ def plot_curves(run_dirs: list[Path], out_dir: Path, metrics: list[str] = CURVES
     import matplotlib.pyplot as plt
 
     runs = [(run_label(d), read_metrics(d)) for d in run_dirs]
+    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for key in metrics:
         lines = [(label, series(rows, key)) for label, rows in runs]

@@ -1,0 +1,47 @@
+"""notebooks/: stored without outputs, and executed here on tiny runs and a tiny sweep storage."""
+
+from pathlib import Path
+
+import nbformat
+import optuna
+import pytest
+from nbclient import NotebookClient
+from optuna.distributions import CategoricalDistribution
+from test_cli import fit
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebooks_are_stored_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} holds outputs"
+
+
+def test_compare_notebook_runs_on_tiny_runs_and_a_sweep_storage(tmp_path, monkeypatch):
+    short = ["--trainer.max_steps=2", "--trainer.val_check_interval=2"]
+    runs = [fit(tmp_path, "phase_1", *short), fit(tmp_path, "phase_b", *short)]
+    # A sweep storage whose two trials are those runs, as `codec sweep` records them.
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name="tiny", storage=storage, direction="maximize")
+    arm = CategoricalDistribution(["zscore", "l2"])
+    for value, run_dir, norm in zip((1.0, 2.0), runs, ("zscore", "l2"), strict=True):
+        study.add_trial(optuna.trial.create_trial(params={"normalization": norm}, distributions={"normalization": arm},
+                                                  value=value, user_attrs={"run_dir": str(run_dir)}))
+    out = tmp_path / "out"
+    monkeypatch.setenv("CODEC_RUN_DIRS", " ".join(str(r.parent) for r in runs))
+    monkeypatch.setenv("CODEC_SWEEP_STORAGE", storage)
+    monkeypatch.setenv("CODEC_NOTEBOOK_OUT", str(out))
+
+    nb = nbformat.read(Path(NOTEBOOKS[0]), as_version=4)
+    NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(tmp_path)}}).execute()
+
+    shown = "\n".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells for o in c.get("outputs", []))
+    assert "| phase_1/version_0 |" in shown and "| phase_b/version_0 |" in shown
+    assert "| 0 | complete | zscore | 1 |" in shown
+    for folder in (out / "runs", out / "sweep" / "tiny"):
+        pngs = list(folder.glob("*.png"))
+        assert pngs and all(p.stat().st_size > 1000 for p in pngs)

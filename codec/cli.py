@@ -22,10 +22,20 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 
+from codec.callbacks import AmplitudeMonitor, CodebookMonitor, RunSummary, UsageConsistencyMonitor
 from codec.data import AudioDataModule
 from codec.module import CodecModule
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "defaults.yaml"
+
+# Monitors every run gets (settings under `diagnostics.<key>` in any config; `--run.diagnostics=false`
+# leaves them all out). The summary comes last so it sees every verdict.
+DIAGNOSTICS = {
+    "codebook": CodebookMonitor,
+    "usage": UsageConsistencyMonitor,
+    "amplitude": AmplitudeMonitor,
+    "summary": RunSummary,
+}
 
 
 class CodecCLI(LightningCLI):
@@ -58,12 +68,19 @@ class CodecCLI(LightningCLI):
         parser.add_argument("--run.tags", type=list[str], default=[], help="W&B tags (ablation, sweep).")
         parser.add_argument("--run.checkpoint_every", type=int, default=500,
                             help="Training steps between checkpoints (last.ckpt is also written at the end).")
+        parser.add_argument("--run.diagnostics", type=bool, default=True,
+                            help="Add the diagnostics.* monitors and the run summary to the trainer's callbacks.")
+        for key, callback in DIAGNOSTICS.items():
+            parser.add_lightning_class_args(callback, f"diagnostics.{key}")
 
     def instantiate_trainer(self, **kwargs):
         run = self._get(self.config_init, "run")
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         trainer_config["logger"] = _run_loggers(run, trainer_config.get("logger"))
-        extra = [self._get(self.config_init, key) for key in self._parser(self.subcommand).callback_keys]
+        keys = self._parser(self.subcommand).callback_keys
+        if not run.diagnostics:
+            keys = [key for key in keys if not key.startswith("diagnostics.")]
+        extra = [self._get(self.config_init, key) for key in keys]
         configured = trainer_config.get("callbacks") or []
         configured = configured if isinstance(configured, list) else [configured]
         wants_checkpoints = trainer_config.get("enable_checkpointing") is not False

@@ -12,10 +12,11 @@ from dataclasses import asdict
 
 import lightning as L
 import torch
+from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.audio import ScaleInvariantSignalDistortionRatio, SignalNoiseRatio
 
-from codec.losses import LossConfig, ReconstructionLoss, mel_distance, vq_weight
+from codec.losses import LossConfig, MultiBandRMSLoss, ReconstructionLoss, mel_distance, vq_weight
 from codec.model import Codec, QuantizerConfig, StructureConfig
 from codec.quantize.stats import perplexity
 
@@ -62,6 +63,12 @@ class CodecModule(L.LightningModule):
         self.val_mel = MeanMetric()
         self.val_pred_energy = SumMetric()
         self.val_target_energy = SumMetric()
+        # Per-band RMS ratios at validation (F3: which part of the spectrum lost its level).
+        nyquist = sample_rate / 2
+        edges = [e for e in (0.0, 500.0, 2000.0) if e < nyquist] + [nyquist]
+        self.val_bands = MultiBandRMSLoss(sample_rate, tuple(zip(edges[:-1], edges[1:], strict=True)))
+        bands = len(self.val_bands.bands_hz)  # energy sums of pred and target, one metric per band
+        self.val_band_energy = nn.ModuleList([nn.ModuleList([SumMetric() for _ in range(bands)]) for _ in range(2)])
         self._val_histograms: list[torch.Tensor] = []
 
     @property
@@ -122,6 +129,9 @@ class CodecModule(L.LightningModule):
         self.val_mel.update(mel_distance(out.audio, batch, self.sample_rate), weight=batch.shape[0])
         self.val_pred_energy.update(pred.pow(2).sum())
         self.val_target_energy.update(target.pow(2).sum())
+        for metrics, audio in zip(self.val_band_energy, (out.audio, batch), strict=True):
+            for metric, energy in zip(metrics, self.val_bands.band_rms(audio).pow(2).sum(dim=(0, 2)), strict=True):
+                metric.update(energy)
         histograms = [level.last_histogram for level in self.quantizer.levels[: int(self.quantizer.num_active)]]
         if not self._val_histograms:
             self._val_histograms = [h.clone() for h in histograms]
@@ -137,10 +147,13 @@ class CodecModule(L.LightningModule):
             "val/audio/mel_l1": self.val_mel.compute(),
             "val/audio/rms_ratio": energy_ratio.sqrt(),
         }
+        for (low, high), pred, target in zip(self.val_bands.bands_hz, *self.val_band_energy, strict=True):
+            logs[f"val/audio/rms_ratio_{low:.0f}_{high:.0f}hz"] = (pred.compute() / target.compute().clamp_min(1e-12)).sqrt()
         for level, hist in enumerate(self._val_histograms):
             logs[f"val/rvq/q{level}/perplexity"] = perplexity(hist)
             logs[f"val/rvq/q{level}/codes_used"] = float((hist > 0).sum())
-        for metric in (self.val_snr, self.val_si_sdr, self.val_mel, self.val_pred_energy, self.val_target_energy):
+        for metric in (self.val_snr, self.val_si_sdr, self.val_mel, self.val_pred_energy, self.val_target_energy,
+                       *self.val_band_energy[0], *self.val_band_energy[1]):
             metric.reset()
         self.log_dict(logs)
 

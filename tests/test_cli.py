@@ -134,7 +134,7 @@ def test_resume_continues_step_levels_ema_and_optimizer(tmp_path):
 
 
 def test_encode_decode_use_the_checkpoints_own_levels(tmp_path):
-    run_dir = fit(tmp_path, "phase_1", "--trainer.max_steps=4", "--trainer.val_check_interval=4",
+    run_dir = fit(tmp_path, "phase_1", "--trainer.max_steps=5", "--trainer.val_check_interval=5",
                   "--trainer.callbacks+=codec.callbacks.ProgressiveRVQ", "--trainer.callbacks.every=2")
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     wav, codes, out = tmp_path / "in.wav", tmp_path / "in.codes.pt", tmp_path / "out.wav"
@@ -144,9 +144,8 @@ def test_encode_decode_use_the_checkpoints_own_levels(tmp_path):
         main(["encode", str(ckpt), str(wav), str(codes)])
     assert done.value.code == 0
     payload = torch.load(codes, weights_only=True)
-    # The last step ran at global_step 3 with 1 + 3 // 2 = 2 levels: the checkpoint decodes with the
-    # levels that trained, not the configured 4.
-    assert payload["codes"].shape[1] == 2
+    # Saved at global_step 5: 1 + 5 // 2 = 3 levels (the third trained at step 4), not the configured 4.
+    assert payload["codes"].shape[1] == 3
     with pytest.raises(SystemExit):
         main(["decode", str(ckpt), str(codes), str(out)])
     audio, rate = sf.read(out)

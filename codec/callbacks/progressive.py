@@ -50,6 +50,12 @@ class ProgressiveRVQ(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.apply(trainer, pl_module)
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        # The step counter has advanced: a checkpoint written now (ModelCheckpoint runs after every
+        # other callback) holds the count of the step it is saved at, e.g. 3 levels at step 4000
+        # with every=2000, which is also what a resumed run uses before its first new step.
+        self.apply(trainer, pl_module)
+
     def state_dict(self) -> dict[str, Any]:
         return {"every": self.every, "start": self.start, "initial": self.initial,
                 "maximum": self.maximum, "num_active": self.num_active}

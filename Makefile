@@ -43,6 +43,7 @@ sweep: $(STAMP)
 bench: $(BENCH_STAMP)
 	$(PY) bench/quantizer.py
 	$(PY) bench/train_step.py
+	$(PY) bench/callbacks.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check codec tests bench

@@ -155,12 +155,12 @@ def schedule_state(checkpoint: dict[str, Any]) -> tuple[str, dict[str, Any]] | N
 
 
 def _progressive(settings: dict[str, Any]):
-    import inspect as pyinspect
+    from dataclasses import fields
 
-    from codec.callbacks.progressive import ProgressiveRVQ
+    from codec.quantize.schedule import ProgressiveSchedule
 
-    accepted = pyinspect.signature(ProgressiveRVQ).parameters
-    return ProgressiveRVQ(**{k: v for k, v in settings.items() if k in accepted})
+    accepted = {f.name for f in fields(ProgressiveSchedule)}
+    return ProgressiveSchedule(**{k: v for k, v in settings.items() if k in accepted})
 
 
 def activation_step(schedule, level: int, num_quantizers: int, until: int) -> int | None:

@@ -1,12 +1,26 @@
-"""Lightning callbacks that watch the quantizers of any LightningModule."""
+"""Lightning callbacks that watch the quantizers of any LightningModule.
 
-from codec.callbacks.amplitude import AmplitudeMonitor
-from codec.callbacks.codebook_monitor import CodebookMonitor
-from codec.callbacks.discovery import find_quantizers
-from codec.callbacks.progressive import ProgressiveRVQ
-from codec.callbacks.summary import RunSummary
-from codec.callbacks.usage_consistency import UsageConsistencyMonitor
-from codec.callbacks.verdict import Verdict, read_summary
+Names load on first use, so tools that only read checkpoints or summaries (`codec inspect`,
+`read_summary`) do not import Lightning.
+"""
 
-__all__ = ["AmplitudeMonitor", "CodebookMonitor", "ProgressiveRVQ", "RunSummary", "UsageConsistencyMonitor",
-           "Verdict", "find_quantizers", "read_summary"]
+import importlib
+
+_WHERE = {
+    "AmplitudeMonitor": "codec.callbacks.amplitude",
+    "CodebookMonitor": "codec.callbacks.codebook_monitor",
+    "ProgressiveRVQ": "codec.callbacks.progressive",
+    "RunSummary": "codec.callbacks.summary",
+    "UsageConsistencyMonitor": "codec.callbacks.usage_consistency",
+    "Verdict": "codec.callbacks.verdict",
+    "read_summary": "codec.callbacks.verdict",
+    "find_quantizers": "codec.callbacks.discovery",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'codec.callbacks' has no attribute {name!r}")

@@ -14,7 +14,7 @@ from typing import Any
 import lightning as L
 
 from codec.callbacks.discovery import find_quantizers
-from codec.quantize import progressive_num_active
+from codec.quantize.schedule import ProgressiveSchedule
 
 
 class ProgressiveRVQ(L.Callback):
@@ -32,8 +32,7 @@ class ProgressiveRVQ(L.Callback):
         self.num_active: int | None = None
 
     def num_active_at(self, step: int, num_quantizers: int) -> int:
-        cap = min(self.maximum or num_quantizers, num_quantizers)
-        return progressive_num_active(step, self.start, self.every, cap, min(self.initial, cap))
+        return ProgressiveSchedule(self.every, self.start, self.initial, self.maximum).num_active_at(step, num_quantizers)
 
     def apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         quantizers = find_quantizers(pl_module)

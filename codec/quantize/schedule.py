@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 def progressive_num_active(step: int, start: int, every: int, maximum: int, initial: int = 1) -> int:
     """Levels active at `step`: `initial` until `start`, then one more every `every` steps.
@@ -16,3 +18,18 @@ def progressive_num_active(step: int, start: int, every: int, maximum: int, init
     if step < start:
         return initial
     return min(initial + (step - start) // every, maximum)
+
+
+@dataclass(frozen=True)
+class ProgressiveSchedule:
+    """The progressive rule with its settings, as the `ProgressiveRVQ` callback stores them in a
+    checkpoint; readable without Lightning (`codec inspect`)."""
+
+    every: int = 2000
+    start: int = 0
+    initial: int = 1
+    maximum: int | None = None
+
+    def num_active_at(self, step: int, num_quantizers: int) -> int:
+        cap = min(self.maximum or num_quantizers, num_quantizers)
+        return progressive_num_active(step, self.start, self.every, cap, min(self.initial, cap))

@@ -1,11 +1,12 @@
 """`codec compare` on two tiny runs: the table holds the numbers of metrics.csv, the curves are PNGs."""
 
 import pytest
-from test_cli import fit
 
 from codec.cli import main as codec_main
 from codec.compare import comparison, config_differences, resolve
 from codec.report import read_metrics, series
+
+from test_cli import fit
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

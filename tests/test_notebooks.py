@@ -7,6 +7,7 @@ import optuna
 import pytest
 from nbclient import NotebookClient
 from optuna.distributions import CategoricalDistribution
+
 from test_cli import fit
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb"))

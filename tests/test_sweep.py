@@ -9,10 +9,11 @@ import pytest
 import yaml
 from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
-from test_cli import TINY
 
 from codec.report import last_value, read_metrics
 from codec.sweep.command import main
+
+from test_cli import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,8 +30,13 @@ class PlantedCollapse(Callback):
             self.collapsed_at_step = trainer.global_step
 
 
+# The diagnostics monitors are not what these tests are about (the normalization test keeps them);
+# without them a tiny trial costs about half.
+QUICK = [*TINY, "--run.diagnostics=false"]
+
+
 def sweep_file(tmp_path: Path, space: dict, steps: int = 3, trials: int = 2, **extra) -> Path:
-    spec = {"base": "conf/waveform_l1.yaml", "overrides": TINY, "space": space, "trials": trials,
+    spec = {"base": "conf/waveform_l1.yaml", "overrides": QUICK, "space": space, "trials": trials,
             "steps": steps, "val_every": steps, **extra}
     path = tmp_path / "tiny_sweep.yaml"
     path.write_text(yaml.safe_dump(spec))
@@ -117,7 +123,7 @@ def test_a_failing_trial_is_recorded_with_its_error_and_the_next_one_runs(tmp_pa
 
 def test_collapsing_and_diverging_trials_are_pruned_at_once(tmp_path):
     path = sweep_file(tmp_path, {"model.quantizer.normalization": "choice(none, zscore)"}, steps=6,
-                      overrides=[*TINY, "--trainer.callbacks+=test_sweep.PlantedCollapse"])
+                      overrides=[*QUICK, "--trainer.callbacks+=test_sweep.PlantedCollapse"])
     assert sweep(path, tmp_path) == 0
     trials = {t.params["model.quantizer.normalization"]: t for t in load(tmp_path, "tiny_sweep").trials}
     collapsed, healthy = trials["zscore"], trials["none"]

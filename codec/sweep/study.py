@@ -11,6 +11,7 @@ run again with the same values on the next run.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import warnings
 from pathlib import Path
 
@@ -126,7 +127,11 @@ def requeue_interrupted(study: optuna.Study) -> int:
     return count
 
 
-def optimize(sweep: Sweep, n_trials: int, worker: int = 0) -> None:
+def optimize(sweep: Sweep, n_trials: int, worker: int = 0, threads: int | None = None) -> None:
+    if threads:  # N workers x all cores each would oversubscribe the CPU many times over
+        import torch
+
+        torch.set_num_threads(threads)
     study = load_study(sweep, worker)
     study.optimize(lambda trial: objective(trial, sweep), n_trials=n_trials,
                    callbacks=[StopAtTarget(sweep.trials)], catch=(Exception,), gc_after_trial=True)
@@ -149,7 +154,8 @@ def run(sweep: Sweep, jobs: int = 1) -> optuna.Study:
     else:
         shares = [remaining // jobs + (i < remaining % jobs) for i in range(jobs)]
         context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and locks
-        workers = [context.Process(target=optimize, args=(sweep, share, i), name=f"sweep-worker-{i}")
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        workers = [context.Process(target=optimize, args=(sweep, share, i, threads), name=f"sweep-worker-{i}")
                    for i, share in enumerate(shares) if share]
         for w in workers:
             w.start()

@@ -201,3 +201,17 @@ def test_summary_records_a_failed_run_with_its_error(tmp_path):
     summary = read_summary(next(tmp_path.rglob("summary.json")).parent)
     assert summary["status"] == "failed" and summary["error"] == "RuntimeError: planted failure"
     assert summary["steps"] == 2
+
+
+def test_usage_histograms_reach_an_offline_wandb_run(tmp_path, monkeypatch):
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    torch.manual_seed(0)
+    run = trainer(tmp_path, [CodebookMonitor(every_n_steps=4)], max_steps=4, val_every=4)
+    run.loggers.append(WandbLogger(project="codec-lab-test", save_dir=str(tmp_path), name="histograms"))
+    run.fit(ToyVQClassifier(), *loaders())
+    run.loggers[-1].experiment.finish()
+    (record,) = tmp_path.rglob("run-*.wandb")
+    assert b"train/codebook/q0/usage" in record.read_bytes()

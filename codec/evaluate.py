@@ -11,7 +11,7 @@ longer than that, to bound memory. Per mode:
 - RMS ratio: sqrt(output energy / target energy) over the whole folder;
 - per level: perplexity and codes used of the code histogram over the whole folder.
 
-Eval mode is `module.eval()`. Train mode is `module.train()` with
+Both passes run under `codec.quantize.modes.side_effect_free`. Train mode is `module.train()` with
 `codec.quantize.frozen_codebooks` under `torch.no_grad()`, every buffer of the
 module snapshotted and restored afterwards (no EMA, init, replacement or
 BatchNorm statistic survives it) and the RNG forked, so it shows what a training
@@ -23,12 +23,10 @@ in both modes (F7 showed healthy usage in training and collapse in evaluation).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import sys
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +37,7 @@ from torchmetrics.audio import ScaleInvariantSignalDistortionRatio, SignalNoiseR
 from codec.data.folder import scan_audio_files
 from codec.inference import UntrainedLevelWarning, load_module, read_mono, warn_untrained_levels
 from codec.losses import mel_distance
-from codec.quantize import frozen_codebooks
+from codec.quantize.modes import side_effect_free
 from codec.quantize.stats import perplexity
 
 MODES = ("eval", "train")
@@ -89,28 +87,8 @@ def read_folder(root: str | Path, sample_rate: int, segment_seconds: float = 30.
 
 
 # ------------------------------------------------------------------------------------ the passes
-@contextlib.contextmanager
-def train_mode_without_side_effects(module: nn.Module) -> Iterator[None]:
-    """Train mode with frozen codebooks, no grad, forked RNG; every buffer and training flag restored."""
-    buffers = [(b, b.detach().clone()) for b in module.buffers()]
-    flags = [(m, m.training) for m in module.modules()]
-    try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad(), frozen_codebooks(module):
-            module.train()
-            yield
-    finally:
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
-        for m, training in flags:
-            m.training = training
-
-
 def _mode(module: nn.Module, mode: str):
-    if mode == "train":
-        return train_mode_without_side_effects(module)
-    module.eval()
-    return torch.no_grad()
+    return side_effect_free(module, train=(mode == "train"))
 
 
 def run_mode(module, clips: list[Clip], mode: str, num_levels: int | None = None) -> ModeResult:

@@ -30,7 +30,7 @@ import torch
 from codec.callbacks.discovery import find_quantizers
 from codec.callbacks.log_now import log_now
 from codec.callbacks.verdict import Verdict
-from codec.quantize import frozen_codebooks
+from codec.quantize.modes import side_effect_free
 from codec.quantize.stats import perplexity
 
 REMEDY = ("eval mode feeds the quantizer other inputs than training: check BatchNorm running statistics "
@@ -90,7 +90,7 @@ class UsageConsistencyMonitor(L.Callback):
             return {}
         codes = {"eval": [], "train": []}
         for mode in ("eval", "train"):
-            with _mode(pl_module, train=(mode == "train")), _captured_codes(quantizers) as captured:
+            with side_effect_free(pl_module, train=(mode == "train")), _captured_codes(quantizers) as captured:
                 for batch in batches:
                     pl_module(self.inputs(pl_module, batch))
             codes[mode] = captured
@@ -170,25 +170,6 @@ def js_divergence_bits(p_counts: torch.Tensor, q_counts: torch.Tensor) -> float:
         return float((a[mask] * (a[mask] / m[mask]).log2()).sum())
 
     return 0.5 * kl(p) + 0.5 * kl(q)
-
-
-@contextmanager
-def _mode(module: torch.nn.Module, train: bool) -> Iterator[None]:
-    """The module in train or eval mode, with every buffer, the codebooks and the RNG as before."""
-    was_training = {m: m.training for m in module.modules()}
-    buffers = {name: b.detach().clone() for name, b in module.named_buffers()}
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    try:
-        with torch.random.fork_rng(devices=devices), frozen_codebooks(module):
-            module.train(train)
-            yield
-    finally:
-        for m, mode in was_training.items():
-            m.training = mode
-        with torch.no_grad():
-            for name, b in module.named_buffers():
-                if name in buffers:
-                    b.copy_(buffers[name])
 
 
 @contextmanager

@@ -1,10 +1,11 @@
 """EMA codebook updates (F6), k-means init (F8) and dead-code replacement, against the references' traps."""
 
+import pytest
 import torch
 
 from codec.quantize import ResidualVQ
 from codec.quantize import codebook as codebook_module
-from codec.quantize.ema import ema_update_, laplace_smoothed
+from codec.quantize.ema import SCATTER_MIN_ELEMENTS, assignment_sums, ema_update_, laplace_smoothed
 
 from helpers import as_frames, clustered
 
@@ -120,3 +121,14 @@ def test_dead_code_replacement_off_leaves_unused_codes_alone():
     level.embed_sum[7] = far
     rvq(as_frames(points, batch=4))
     assert torch.allclose(level.codebook[7], far, rtol=1e-3)
+
+
+@pytest.mark.parametrize("rows", [50, 2 * SCATTER_MIN_ELEMENTS // 16])  # both accumulation paths
+def test_assignment_sums_are_the_per_code_sums_of_the_assigned_rows(rows):
+    torch.manual_seed(0)
+    inputs, codes = torch.randn(rows, 16), torch.randint(0, 32, (rows,))
+    codes[:5] = 3  # repeated codes must accumulate, not overwrite
+    counts, sums = assignment_sums(inputs, codes, 32)
+    for k in (0, 3, 31):
+        assert counts[k] == (codes == k).sum()
+        assert torch.allclose(sums[k], inputs[codes == k].sum(dim=0), atol=1e-4)

@@ -182,19 +182,20 @@ class Codebook(nn.Module):
         if self.dead_code_threshold <= 0:
             self.last_dead_count = 0
             return
-        dead = self.cluster_size < self.dead_code_threshold
-        n_dead = int(dead.sum())
+        # Indices once, then index_copy_: three boolean-mask writes cost a nonzero() each.
+        dead = (self.cluster_size < self.dead_code_threshold).nonzero().squeeze(1)
+        n_dead = dead.numel()
         self.last_dead_count = n_dead
         if n_dead == 0:
             return
         fresh = sample_rows(rows, n_dead)
-        self.codebook.data[dead] = fresh.to(self.codebook.dtype)
+        self.codebook.data.index_copy_(0, dead, fresh.to(self.codebook.dtype))
         # A re-seeded code gets half the threshold as mass: below it, so it still counts
         # as dead until inputs choose it, and non-zero, so EMA keeps it in place.
         mass = 0.5 * self.dead_code_threshold
-        self.cluster_size[dead] = mass
+        self.cluster_size.index_fill_(0, dead, mass)
         if self.update == "ema":
-            self.embed_sum[dead] = fresh * mass
+            self.embed_sum.index_copy_(0, dead, fresh * mass)
 
     # ---------------------------------------------------------------- statistics
     def dead_code_mask(self) -> torch.Tensor:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+SCATTER_MIN_ELEMENTS = 2**16  # rows x dim from which scatter_add_ beats index_put_ (bench/quantizer.py)
+
 
 def laplace_smoothed(counts: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """Counts with `eps` added to every code, rescaled to keep the same total."""
@@ -21,9 +23,14 @@ def assignment_sums(inputs: torch.Tensor, codes: torch.Tensor, codebook_size: in
     """Per-code count and sum of the assigned input rows. inputs (N, D), codes (N,)."""
     counts = torch.bincount(codes, minlength=codebook_size).to(inputs.dtype)
     sums = torch.zeros(codebook_size, inputs.shape[1], dtype=inputs.dtype, device=inputs.device)
-    # index_put_ with accumulate, not index_add_: on CPU with 2 threads index_add_ took 80 ms
-    # for 200 rows when the other core was busy (its parallel path spin-waits); this stays ~0.05 ms.
-    sums.index_put_((codes,), inputs, accumulate=True)
+    if inputs.numel() >= SCATTER_MIN_ELEMENTS:
+        # Large batches: scatter_add_ is 7-8x faster than index_put_(accumulate) on CPU
+        # (3200 x 128 rows: 0.15 vs 1.0 ms; 32000 x 128: 1.2 vs 9.8 ms).
+        sums.scatter_add_(0, codes.unsqueeze(1).expand(-1, inputs.shape[1]), inputs)
+    else:
+        # Small batches (a codec's 8 x 25 frames): index_put_ stays ~0.02 ms where scatter_add_ and
+        # index_add_ took 0.1-80 ms on a 2-core machine whose other core was busy (spin-waiting).
+        sums.index_put_((codes,), inputs, accumulate=True)
     return counts, sums
 
 

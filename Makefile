@@ -32,6 +32,7 @@ demo: $(STAMP)
 	$(VENV)/bin/codec fit -c conf/phase_1.yaml $(DEMO_ARGS)
 	$(VENV)/bin/codec fit -c conf/phase_b.yaml $(DEMO_ARGS)
 	$(PY) -m codec.report $(DEMO_ROOT)/phase_1 $(DEMO_ROOT)/phase_b
+	$(VENV)/bin/codec compare $(DEMO_ROOT)/phase_1 $(DEMO_ROOT)/phase_b --out $(DEMO_ROOT)/compare
 
 # An Optuna ablation study from sweeps/$(ABLATION).yaml; re-running resumes it (storage under runs/sweeps/).
 # TRIALS= and STEPS= shorten it, JOBS= runs worker processes: make sweep ABLATION=normalization TRIALS=2 STEPS=100

@@ -12,6 +12,8 @@ import math
 import sys
 from pathlib import Path
 
+from codec.callbacks.verdict import read_summary
+
 SUMMARY_METRICS = [
     ("val/audio/snr_db", "SNR dB"),
     ("val/audio/si_sdr_db", "SI-SDR dB"),
@@ -65,7 +67,16 @@ def summary_table(run_dirs: list[str | Path]) -> str:
     for label, key in rows_out:
         cells = [_fmt(last_value(rows, key)) for _, rows in runs]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("| verdicts | " + " | ".join(_verdicts(Path(d)) for d in run_dirs) + " |")
     return "\n".join(lines)
+
+
+def _verdicts(run_dir: Path) -> str:
+    """The monitors' verdicts from summary.json, e.g. "F3@1500", "none", or "-" without a summary."""
+    summary = read_summary(run_dir)
+    if summary is None:
+        return "-"
+    return ", ".join(f"{v['failure']}@{v['step']}" for v in summary["verdicts"]) or "none"
 
 
 def _fmt(value: float | None) -> str:

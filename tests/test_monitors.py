@@ -17,7 +17,7 @@ from codec.callbacks import (
 )
 from codec.callbacks.usage_consistency import js_divergence_bits
 from codec.cli import CodecCLI
-from codec.report import read_metrics, series
+from codec.report import read_metrics, series, summary_table
 
 from helpers import CONF
 from test_cli import TINY
@@ -163,6 +163,8 @@ def test_planted_amplitude_collapse_is_declared_within_patience_and_stops_the_ru
     assert series(rows, "val/health/amplitude_collapsed")[-1][1] == 1.0
     norms = [v for _, v in series(rows, "train/params/out_proj/weight_norm")]
     assert norms[-1] < 0.1 * norms[0]  # the evidence of F4 is logged too
+    step = monitor.collapsed_at_step
+    assert f"| verdicts | F3@{step}, F4@{step} |" in summary_table([run_dir])  # the demo's table
     printed = capsys.readouterr().out
     assert f"Run stopped at step {monitor.collapsed_at_step}" in printed and "F3 at step" in printed
 

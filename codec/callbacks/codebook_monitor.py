@@ -5,8 +5,8 @@ window (histograms summed since the last report, not just the last batch), dead 
 and value statistics, and distance from the initial codebook; usage histograms go to W&B when a
 W&B logger is attached. Warnings, each also a metric and a verdict in the run summary:
 - an *active* level that used fewer than `min_codes_used` codes in the window;
-- a codebook whose values drift far beyond the scale it was initialised at (k-means from the
-  inputs, so the input scale): the reports' values of +-72 against +-4;
+- a codebook whose values reach far beyond its inputs (3x their largest |value|): the reports'
+  values of +-72 where +-4 was normal;
 - a level whose dead codes exceed `max_dead_fraction` of the codebook (the reports' 867/1024).
 """
 
@@ -29,12 +29,12 @@ class CodebookMonitor(L.Callback):
     every_n_steps: training steps per report window.
     min_codes_used: an active level using fewer distinct codes than this in a window is flagged.
     drift_factor: flag a codebook whose largest |value| exceeds this many times the largest
-        |value| it had at initialisation.
+        |value| of the inputs its level saw in the window.
     max_dead_fraction: flag a level with more than this fraction of dead codes.
     log_histograms: send usage histograms to W&B (when a W&B logger is attached).
     """
 
-    def __init__(self, every_n_steps: int = 250, min_codes_used: int = 2, drift_factor: float = 5.0,
+    def __init__(self, every_n_steps: int = 250, min_codes_used: int = 2, drift_factor: float = 3.0,
                  max_dead_fraction: float = 0.75, log_histograms: bool = True):
         if every_n_steps <= 0:
             raise ValueError(f"CodebookMonitor.every_n_steps must be positive, got {every_n_steps}")
@@ -45,6 +45,7 @@ class CodebookMonitor(L.Callback):
         self.log_histograms = log_histograms
         self.verdicts: list[Verdict] = []
         self._window: dict[tuple[str, int], torch.Tensor] = {}
+        self._input_absmax: dict[tuple[str, int], torch.Tensor] = {}  # largest |input| per level in the window
         self._flagged: set[tuple[str, str, int]] = set()  # warn once per (kind, quantizer, level)
         self._last_report_step = -1
         self._named = False  # several quantizers: name them in messages
@@ -59,6 +60,10 @@ class CodebookMonitor(L.Callback):
                 key = (name, i)
                 hist = level.last_histogram.detach()
                 self._window[key] = hist.clone() if key not in self._window else self._window[key] + hist
+                if level.last_input_absmax is not None:  # tensors, so no device sync per step
+                    seen = self._input_absmax.get(key)
+                    self._input_absmax[key] = (level.last_input_absmax if seen is None
+                                               else torch.maximum(seen, level.last_input_absmax))
         step = trainer.global_step
         if step % self.every_n_steps == 0 and step != self._last_report_step:  # once per step under accumulation
             self._last_report_step = step
@@ -75,9 +80,6 @@ class CodebookMonitor(L.Callback):
         for name, rvq in quantizers:
             prefix = _prefix(name, len(quantizers))
             active = int(rvq.num_active)
-            # The input scale: the largest initial value over levels (k-means puts level 0 on the
-            # inputs; a deeper level's residuals may start near zero, so its own start is no scale).
-            scale = max(float(level.initial_codebook.abs().max()) for level in rvq.levels)
             for s in rvq.level_stats():
                 key = f"train/codebook/{prefix}q{s.level}"
                 window = self._window.get((name, s.level))
@@ -93,10 +95,10 @@ class CodebookMonitor(L.Callback):
                     logs[f"{key}/{field}"] = float(s.scalars()[field])
                 level = rvq.levels[s.level]
                 if s.active and s.initialized:
-                    self._check_drift(name, s.level, level, scale, step)
-                    self._check_dead(name, s.level, s.dead_codes, rvq.codebook_size, step)
+                    self._check_drift(name, s.level, level, self._input_absmax.get((name, s.level)), step)
+                    self._check_dead(name, s.level, level, s.dead_codes, rvq.codebook_size, step)
         logs["train/health/codebook_warnings"] = float(len(self.verdicts))
-        self._window = {}
+        self._window, self._input_absmax = {}, {}
         log_now(trainer, logs)
         if self.log_histograms and histograms:
             _log_wandb_histograms(trainer, histograms, step)
@@ -113,26 +115,35 @@ class CodebookMonitor(L.Callback):
             "(dead_code_threshold) and initialise from data (init: kmeans)",
         ))
 
-    def _check_drift(self, name: str, level: int, codebook, scale: float, step: int) -> None:
+    def _check_drift(self, name: str, level: int, codebook, input_absmax, step: int) -> None:
+        # Against the largest |value| of the inputs this level saw in the window: an EMA codebook
+        # is an average of inputs, so values far beyond them are stale codes from a time the
+        # encoder output was larger, or a codebook (gradient update) that ran away.
+        if input_absmax is None:
+            return
+        scale = float(input_absmax)
         values = codebook.codebook.detach()
         low, high = float(values.min()), float(values.max())
-        if max(abs(low), abs(high)) <= self.drift_factor * scale:
+        if max(abs(low), abs(high)) <= self.drift_factor * max(scale, 1e-12):
             return
         self._flag("drift", name, level, Verdict(
             "F2", step,
-            f"{self._label(name, level)} codebook values span [{low:.1f}, {high:.1f}] against +-{scale:.1f} "
-            "at initialisation (the input scale)",
-            "normalise the quantizer input (zscore / l2) or lower the EMA decay; check for a learnable "
-            "scale compensating downstream (post_scale)",
+            f"{self._label(name, level)} codebook values span [{low:.1f}, {high:.1f}] while its inputs "
+            f"stayed within +-{scale:.2g} over the last {self.every_n_steps} steps",
+            "normalise the quantizer input (zscore / l2) or lower the EMA decay; re-seed stale codes "
+            "(dead_code_threshold); check for a learnable scale compensating downstream (post_scale)",
         ))
 
-    def _check_dead(self, name: str, level: int, dead: int, size: int, step: int) -> None:
+    def _check_dead(self, name: str, level: int, codebook, dead: int, size: int, step: int) -> None:
         if dead <= self.max_dead_fraction * size:
             return
+        if codebook.dead_code_threshold > 0 and codebook.init == "kmeans":
+            remedy = ("k-means init and re-seeding are already on, so this level's inputs do not spread over "
+                      f"{size} codes: try a smaller codebook_size, fewer levels or larger batches")
+        else:
+            remedy = "initialise from data (init: kmeans) and re-seed dead codes (dead_code_threshold > 0)"
         self._flag("dead", name, level, Verdict(
-            "F2", step, f"{self._label(name, level)} has {dead}/{size} dead codes",
-            "initialise from data (init: kmeans) and re-seed dead codes (dead_code_threshold > 0)",
-        ))
+            "F2", step, f"{self._label(name, level)} has {dead}/{size} dead codes", remedy))
 
     def _label(self, name: str, level: int) -> str:
         return f"{name} Q{level}" if self._named else f"Q{level}"

@@ -97,6 +97,7 @@ class Codebook(nn.Module):
 
         self.last_histogram: torch.Tensor | None = None  # codes chosen in the last forward
         self.last_dead_count: int | None = None  # codes replaced in the last training forward
+        self.last_input_absmax: torch.Tensor | None = None  # largest |value| of the last training inputs (sampled)
 
     # ------------------------------------------------------------------ forward
     def side_effects_allowed(self) -> bool:
@@ -164,6 +165,9 @@ class Codebook(nn.Module):
     @torch.no_grad()
     def _train_step(self, rows: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
         rows = rows.float()
+        # The input scale the codebook monitor compares against; a strided sample of at most
+        # ~4096 rows is enough and costs nothing at T=2000.
+        self.last_input_absmax = rows[:: max(1, rows.shape[0] // 4096)].abs().amax()
         if self.update == "ema":
             ema_update_(self.codebook, self.cluster_size, self.embed_sum, rows, codes, self.decay, self.eps)
         else:  # usage only, for dead-code replacement and statistics

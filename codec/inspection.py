@@ -32,6 +32,7 @@ from typing import Any
 import torch
 
 from codec.quantize.codebook import DEAD_USAGE_FLOOR
+from codec.quantize.stats import distance_from_init
 
 # A level "moved from init" when its mean codeword distance from init, relative to the mean init
 # norm, exceeds this (float32 round-off of an untouched codebook is 0).
@@ -69,7 +70,7 @@ class LevelFacts:
     value_max: float
     init_abs_max: float  # max |value| of the initial codebook
     norm_mean: float
-    distance_from_init: float  # mean ||c - c_init|| / mean ||c_init||
+    distance_from_init: float  # mean ||c - c_init|| / max(mean ||c_init||, mean ||c||)
 
 
 @dataclass
@@ -101,11 +102,6 @@ def never_moved(codebook: torch.Tensor, initial_codebook: torch.Tensor) -> bool:
     return distance_from_init(codebook, initial_codebook) <= MOVED_FROM_INIT
 
 
-def distance_from_init(codebook: torch.Tensor, initial_codebook: torch.Tensor) -> float:
-    """Mean codeword distance from init over the mean init norm (as Codebook.stats)."""
-    book, init = codebook.detach().float(), initial_codebook.detach().float()
-    scale = init.norm(dim=1).mean().clamp_min(1e-12)
-    return float((book - init).norm(dim=1).mean() / scale)
 
 
 def untrained_levels(rvq) -> list[int]:
@@ -315,6 +311,9 @@ def _judge(report: Report, q: QuantizerFacts, schedule, step: int | None) -> Non
             "F1", at,
             f"{name}{_span(active_untrained)} {verb} active but never trained: {its} codes are noise{when}",
             remedy))
+    # The input scale: the widest initial codebook of the stack. k-means puts level 0 on the inputs;
+    # a deeper level's residuals can start at zero (then its own init range says nothing).
+    init_range = max((f.init_abs_max for f in q.levels if f.initialized), default=0.0)
     for f in q.levels:
         if f.initialized and f.trained_steps > 1 and f.distance_from_init <= MOVED_FROM_INIT:
             report.notes.append(f"{name}level {f.level}: {f.trained_steps} training steps but its codebook "
@@ -322,12 +321,12 @@ def _judge(report: Report, q: QuantizerFacts, schedule, step: int | None) -> Non
         if not f.trained:
             continue
         reach = max(abs(f.value_min), abs(f.value_max))
-        if f.init_abs_max > 0 and reach > DRIFT_FACTOR * f.init_abs_max:
+        if init_range > 0 and reach > DRIFT_FACTOR * init_range:
             report.verdicts.append(Verdict(
                 "F2", at,
                 f"{name}level {f.level} codebook drifted: values in [{f.value_min:.1f}, {f.value_max:.1f}] "
-                f"(std {f.value_std:.2f}), {reach / f.init_abs_max:.0f}x its init range "
-                f"±{f.init_abs_max:.1f}", F2_REMEDY))
+                f"(std {f.value_std:.2f}), {reach / init_range:.0f}x the stack's init range "
+                f"±{init_range:.1f}", F2_REMEDY))
         if f.dead_codes > DEAD_FRACTION * f.codebook_size:
             report.verdicts.append(Verdict(
                 "F2", at,
@@ -363,7 +362,7 @@ def format_report(report: Report) -> str:
                 f"{f.distance_from_init:>7.3f}")
     lines.append("")
     lines.append(f"used/dead: from the EMA usage buffer (cluster_size); dead = usage < "
-                 f"{report.dead_code_threshold:g} assignments per step; moved = mean distance from init / init norm")
+                 f"{report.dead_code_threshold:g} assignments per step; moved = mean distance from init / the larger mean norm (init or now)")
     if not report.verdicts and not report.notes:
         lines.append("no findings: every level trained, no drift, no mass of dead codes")
     lines += report.notes

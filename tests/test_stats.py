@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from codec.quantize import ResidualVQ, codebook_utilization, perplexity, progressive_num_active
+from codec.quantize.stats import distance_from_init
 
 
 def test_perplexity_counts_equally_used_codes():
@@ -81,3 +82,11 @@ def test_gradient_codebooks_track_usage_for_dead_codes_too():
     expected[2] += 0.5 * 3
     expected[5] += 0.5 * 1
     assert torch.allclose(level.cluster_size, expected)
+
+
+def test_distance_from_init_is_bounded_when_a_level_starts_at_zero():
+    """Deep residuals can start at zero (k-means of identical rows): the figure must stay readable."""
+    init = torch.zeros(8, 4)
+    assert distance_from_init(init, init) == 0.0
+    assert distance_from_init(torch.ones(8, 4), init) == pytest.approx(1.0)
+    assert distance_from_init(-torch.ones(8, 4), torch.ones(8, 4)) == pytest.approx(2.0)

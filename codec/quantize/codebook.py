@@ -27,7 +27,7 @@ from codec.quantize.ema import ema_update_
 from codec.quantize.kmeans import kmeans, sample_rows
 from codec.quantize.lookup import nearest_codes
 from codec.quantize.losses import codebook_loss, commitment_loss
-from codec.quantize.stats import LevelStats, perplexity
+from codec.quantize.stats import LevelStats, distance_from_init, perplexity
 
 UPDATES = ("ema", "gradient")
 INITS = ("kmeans", "random")
@@ -210,7 +210,6 @@ class Codebook(nn.Module):
     def stats(self, level: int, active: bool) -> LevelStats:
         book = self.codebook.detach().float()
         norms = book.norm(dim=1)
-        init_norm = self.initial_codebook.float().norm(dim=1).mean().clamp_min(1e-12)
         hist = self.last_histogram
         if hist is None:
             hist = torch.zeros(self.codebook_size, dtype=torch.long)
@@ -231,6 +230,6 @@ class Codebook(nn.Module):
             value_std=float(book.std()),
             value_min=float(book.min()),
             value_max=float(book.max()),
-            distance_from_init=float((book - self.initial_codebook.float()).norm(dim=1).mean() / init_norm),
+            distance_from_init=distance_from_init(book, self.initial_codebook),
             trained_steps=int(self.trained_steps),
         )

@@ -32,6 +32,15 @@ def codebook_utilization(histograms: list[torch.Tensor], codebook_size: int) -> 
     return 100.0 * entropy / (math.log2(codebook_size) * len(histograms))
 
 
+def distance_from_init(codebook: torch.Tensor, initial_codebook: torch.Tensor) -> float:
+    """Mean codeword distance from the initial codebook, relative to the larger of the two mean
+    codeword norms: 0 untouched, about 1 moved by its own size, at most 2; a level whose residual
+    inputs started at zero does not divide by zero."""
+    book, init = codebook.detach().float(), initial_codebook.detach().float()
+    scale = torch.maximum(init.norm(dim=1).mean(), book.norm(dim=1).mean()).clamp_min(1e-12)
+    return float((book - init).norm(dim=1).mean() / scale)
+
+
 @dataclass
 class LevelStats:
     """What one level looked like after the last forward, plus its long-run state."""
@@ -51,7 +60,7 @@ class LevelStats:
     value_std: float  # statistics of the raw codebook values (the reports' "std=1.51, min=-72")
     value_min: float
     value_max: float
-    distance_from_init: float  # mean ||c - c_init|| / mean ||c_init||
+    distance_from_init: float  # mean ||c - c_init|| / max(mean ||c_init||, mean ||c||)
     trained_steps: int  # training forwards in which this level was active
 
     def scalars(self) -> dict[str, float]:

@@ -306,8 +306,10 @@ class _StackCommitment(torch.autograd.Function):
     caller), with the gradient to the stack input r_0 in closed form: r_{i+1} = r_0 - sg(codewords
     of levels <= i), so d mean(r_{i+1}^2) / d r_0 = 2 r_{i+1} / numel. Equal to mse(x_i, sg(q_i)).
 
-    Only the last residual r_n is kept; backward walks the levels from the top, re-gathering each
-    level's codewords from its codes: r_i = r_{i+1} + q_i."""
+    Only the last residual r_n, the codes and each level's codebook are kept. With
+    r_{i+1} = r_n + sum_{j>i} q_j, the gradient sum_i w_i r_{i+1} is W r_n + sum_{j>=1} c_j q_j,
+    c_j = w_0 + ... + w_{j-1}: one embedding_bag over the codebooks scaled by c_j re-gathers and
+    sums every level's codewords in a single pass over the rows."""
 
     @staticmethod
     def forward(ctx, r0, losses, last_residual, codes, books):
@@ -317,15 +319,19 @@ class _StackCommitment(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        (r,) = ctx.saved_tensors
-        weights = (grad * (2.0 / r.numel())).tolist()
-        g = r * weights[-1]
-        r = r.clone()
-        for i in range(len(weights) - 2, -1, -1):  # r_{i+1} = r_{i+2} + q_{i+1}
-            r.add_(F.embedding(ctx.codes[i + 1], ctx.books[i + 1]))
-            if weights[i]:
-                g.add_(r, alpha=weights[i])
-        return g, None, None, None, None
+        (r_n,) = ctx.saved_tensors
+        w = grad.double() * (2.0 / r_n.numel())
+        prefix = torch.cumsum(w, 0)  # prefix[j - 1] = c_j
+        if len(ctx.books) == 1:
+            return r_n * float(w[0]), None, None, None, None
+        size = ctx.books[0].shape[0]
+        table = torch.cat([book * float(prefix[j - 1]) for j, book in enumerate(ctx.books) if j > 0])
+        offsets = torch.arange(len(ctx.books) - 1, device=r_n.device) * size
+        bags = torch.stack(ctx.codes[1:], dim=1) + offsets  # (N, n - 1) rows into the stacked table
+        g = F.embedding_bag(bags, table, mode="sum")
+        return g.add_(r_n, alpha=float(prefix[-1])), None, None, None, None
+
+
 class _StraightThrough(torch.autograd.Function):
     """`anchor - sg(anchor) + restored` in one contiguous tensor instead of two temporaries: the
     value of `restored`, the gradient passed unchanged to both `anchor` and `restored`."""

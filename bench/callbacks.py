@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 import warnings
 
 import lightning as L
@@ -28,15 +27,7 @@ from codec.callbacks import (
     UsageConsistencyMonitor,
 )
 
-from train_step import batches, build
-
-
-class Timed(L.Callback):
-    def on_train_start(self, trainer, pl_module):
-        self.start = time.perf_counter()
-
-    def on_train_end(self, trainer, pl_module):
-        self.seconds = time.perf_counter() - self.start
+from train_step import Timed, batches, build
 
 
 def diagnostics(every: int) -> list[L.Callback]:

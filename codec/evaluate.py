@@ -36,6 +36,7 @@ from torchmetrics.audio import ScaleInvariantSignalDistortionRatio, SignalNoiseR
 
 from codec.data.folder import scan_audio_files
 from codec.inference import UntrainedLevelWarning, load_module, read_mono, warn_untrained_levels
+from codec.json_safe import json_safe
 from codec.losses import mel_distance
 from codec.quantize.modes import side_effect_free
 from codec.quantize.stats import perplexity
@@ -171,16 +172,6 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _plain(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="codec eval",
@@ -229,7 +220,7 @@ def main(argv: list[str]) -> int:
         "skipped_files": [_relative(p, root) for p, _ in skipped],
         **result,
     }
-    print(json.dumps(_plain(report), indent=2) if args.json else format_table(report))
+    print(json.dumps(json_safe(report), indent=2) if args.json else format_table(report))
     return 0
 
 

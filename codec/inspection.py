@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from typing import Any
 
 import torch
 
+from codec.json_safe import json_safe
 from codec.quantize.codebook import DEAD_USAGE_FLOOR
 from codec.quantize.stats import distance_from_init
 
@@ -370,16 +370,6 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
-def _finite(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="codec inspect",
@@ -394,7 +384,7 @@ def main(argv: list[str]) -> int:
         print(f"codec inspect: {error}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(_finite(report.to_dict()), indent=2))
+        print(json.dumps(json_safe(report.to_dict()), indent=2))
     else:
         print(format_report(report))
     return 0

@@ -33,3 +33,13 @@ def assert_state_equal(before: dict, module: torch.nn.Module) -> None:
 
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+# A codec small enough to train a few steps in about a second: the CLI tests' common overrides.
+TINY = [
+    "--model.structure.channels=4", "--model.structure.strides=[2,4,5]", "--model.structure.latent_dim=16",
+    "--model.quantizer.codebook_size=16", "--model.quantizer.num_quantizers=4",
+    "--data.train_items=16", "--data.val_items=8", "--data.batch_size=4",
+    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+    "--run.wandb=false", "--trainer.log_every_n_steps=1",
+]

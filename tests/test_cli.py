@@ -13,7 +13,7 @@ from codec.callbacks import ProgressiveRVQ
 from codec.cli import CodecCLI, main
 from codec.report import read_metrics
 
-from helpers import CONF
+from helpers import CONF, TINY
 
 PHASES = ["phase_1", "phase_2a", "phase_a", "phase_a_v2", "phase_b"]
 
@@ -25,13 +25,6 @@ PHASE_LOSSES = {
     "phase_a_v2": {"stft", "l1", "frame_rms", "multiband_rms", "abs_rms", "scale_anchor", "norm_reg"},
     "phase_b": {"stft", "l1"},
 }
-TINY = [
-    "--model.structure.channels=4", "--model.structure.strides=[2,4,5]", "--model.structure.latent_dim=16",
-    "--model.quantizer.codebook_size=16", "--model.quantizer.num_quantizers=4",
-    "--data.train_items=16", "--data.val_items=8", "--data.batch_size=4",
-    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-    "--run.wandb=false", "--trainer.log_every_n_steps=1",
-]
 
 
 def parse(phase: str, *overrides: str) -> CodecCLI:

@@ -15,15 +15,7 @@ from codec.data.folder import SkippedAudioWarning
 from codec.evaluate import evaluate, main, read_folder
 from codec.inference import load_module
 
-from helpers import CONF
-
-TINY = [
-    "--model.structure.channels=4", "--model.structure.strides=[2,4,5]", "--model.structure.latent_dim=16",
-    "--model.quantizer.codebook_size=16", "--model.quantizer.num_quantizers=4",
-    "--data.train_items=16", "--data.val_items=8", "--data.batch_size=4",
-    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-    "--run.wandb=false", "--trainer.log_every_n_steps=1",
-]
+from helpers import CONF, TINY
 
 
 @pytest.fixture(scope="module")

@@ -20,16 +20,9 @@ from codec.inspection import inspect_checkpoint, main
 from codec.module import CodecModule
 from codec.quantize import ResidualVQ
 
-from helpers import CONF
+from helpers import CONF, TINY
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--model.structure.channels=4", "--model.structure.strides=[2,4,5]", "--model.structure.latent_dim=16",
-    "--model.quantizer.codebook_size=16", "--model.quantizer.num_quantizers=4",
-    "--data.train_items=16", "--data.val_items=8", "--data.batch_size=4",
-    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
-    "--run.wandb=false", "--trainer.log_every_n_steps=1",
-]
 
 
 def run_fresh(*args: str) -> subprocess.CompletedProcess:
@@ -205,3 +198,11 @@ def test_a_level_whose_codebook_never_moved_did_not_train(healthy, tmp_path):
     assert report.quantizers[0].never_trained == [3]
     assert any("level 3: 3 training steps but its codebook never moved" in n for n in report.notes)
     assert [v.failure for v in report.verdicts] == ["F1"]
+
+
+def test_json_output_turns_non_finite_numbers_into_strings():
+    from codec.json_safe import json_safe
+
+    safe = json_safe({"snr_db": float("nan"), "levels": [{"ratio": float("inf")}, 1.5], "name": "q0"})
+    assert safe == {"snr_db": "nan", "levels": [{"ratio": "inf"}, 1.5], "name": "q0"}
+    assert json.loads(json.dumps(safe, allow_nan=False)) == safe

@@ -13,14 +13,14 @@ from codec.callbacks import (
     ProgressiveRVQ,
     RunSummary,
     UsageConsistencyMonitor,
+    Verdict,
     read_summary,
 )
 from codec.callbacks.usage_consistency import js_divergence_bits
 from codec.cli import CodecCLI
 from codec.report import read_metrics, series, summary_table
 
-from helpers import CONF
-from test_cli import TINY
+from helpers import CONF, TINY
 from toy_vq import ToyVQClassifier, loaders, trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -217,3 +217,16 @@ def test_usage_histograms_reach_an_offline_wandb_run(tmp_path, monkeypatch):
     run.loggers[-1].experiment.finish()
     (record,) = tmp_path.rglob("run-*.wandb")
     assert b"train/codebook/q0/usage" in record.read_bytes()
+
+
+def test_a_verdict_is_raised_once_per_key_and_a_resumed_monitor_remembers_it():
+    monitor = CodebookMonitor()
+    verdict = Verdict("F2", 250, "Q0 has 900/1024 dead codes", "re-seed")
+    with pytest.warns(UserWarning, match="F2 at step 250"):
+        monitor.verdict_log.raise_once(("dead", "", 0), verdict)
+    monitor.verdict_log.raise_once(("dead", "", 0), verdict)
+    assert monitor.verdicts == [verdict]
+    resumed = CodebookMonitor()
+    resumed.load_state_dict(monitor.state_dict())
+    resumed.verdict_log.raise_once(("dead", "", 0), Verdict("F2", 500, "again", "re-seed"))
+    assert resumed.verdicts == [verdict]

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 from codec.report import last_value, read_metrics
 from codec.sweep.command import main
 
-from test_cli import TINY
+from helpers import TINY
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,6 @@ W&B logger is attached. Warnings, each also a metric and a verdict in the run su
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import lightning as L
@@ -20,7 +19,7 @@ import torch
 
 from codec.callbacks.discovery import find_quantizers
 from codec.callbacks.log_now import log_now
-from codec.callbacks.verdict import Verdict
+from codec.callbacks.verdict import Verdict, VerdictLog
 from codec.quantize.stats import perplexity
 
 
@@ -43,10 +42,9 @@ class CodebookMonitor(L.Callback):
         self.drift_factor = drift_factor
         self.max_dead_fraction = max_dead_fraction
         self.log_histograms = log_histograms
-        self.verdicts: list[Verdict] = []
+        self.verdict_log = VerdictLog()
         self._window: dict[tuple[str, int], torch.Tensor] = {}
         self._input_absmax: dict[tuple[str, int], torch.Tensor] = {}  # largest |input| per level in the window
-        self._flagged: set[tuple[str, str, int]] = set()  # warn once per (kind, quantizer, level)
         self._last_report_step = -1
         self._named = False  # several quantizers: name them in messages
 
@@ -149,19 +147,18 @@ class CodebookMonitor(L.Callback):
         return f"{name} Q{level}" if self._named else f"Q{level}"
 
     def _flag(self, kind: str, name: str, level: int, verdict: Verdict) -> None:
-        if (kind, name, level) in self._flagged:
-            return
-        self._flagged.add((kind, name, level))
-        self.verdicts.append(verdict)
-        warnings.warn(verdict.line(), stacklevel=2)
+        self.verdict_log.raise_once((kind, name, level), verdict)
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        return self.verdict_log.verdicts
 
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"verdicts": [v.to_dict() for v in self.verdicts], "flagged": sorted(self._flagged)}
+        return self.verdict_log.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.verdicts = [Verdict(**v) for v in state_dict.get("verdicts", [])]
-        self._flagged = {tuple(f) for f in state_dict.get("flagged", [])}
+        self.verdict_log.load_state_dict(state_dict)
 
 
 def _prefix(name: str, count: int) -> str:

@@ -19,7 +19,6 @@ another calling convention define `usage_inputs(batch)`.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,7 +28,7 @@ import torch
 
 from codec.callbacks.discovery import find_quantizers
 from codec.callbacks.log_now import log_now
-from codec.callbacks.verdict import Verdict
+from codec.callbacks.verdict import Verdict, VerdictLog
 from codec.quantize.modes import side_effect_free
 from codec.quantize.stats import perplexity
 
@@ -54,8 +53,7 @@ class UsageConsistencyMonitor(L.Callback):
         self.collapse_ratio = collapse_ratio
         self.min_agreement = min_agreement
         self.input_key = input_key
-        self.verdicts: list[Verdict] = []
-        self._flagged: set[tuple[str, int]] = set()
+        self.verdict_log = VerdictLog()
         self._batches: list[Any] = []
 
     # ---------------------------------------------------------------- collect
@@ -138,25 +136,23 @@ class UsageConsistencyMonitor(L.Callback):
         return ratio < self.collapse_ratio or low_agreement
 
     def _flag(self, step: int, name: str, level: int, row: dict[str, float]) -> None:
-        if (name, level) in self._flagged:
-            return
-        self._flagged.add((name, level))
-        verdict = Verdict(
+        self.verdict_log.raise_once((name, level), Verdict(
             "F7", step,
             f"{name}Q{level} collapses in eval mode: perplexity {row['perplexity_eval_mode']:.2f} in eval vs "
             f"{row['perplexity_train_mode']:.1f} in train mode ({row['codes_used_eval_mode']:.0f} vs "
             f"{row['codes_used_train_mode']:.0f} codes), codes agree on {100 * row['agreement']:.0f}% of frames",
             REMEDY,
-        )
-        self.verdicts.append(verdict)
-        warnings.warn(verdict.line(), stacklevel=2)
+        ))
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        return self.verdict_log.verdicts
 
     def state_dict(self) -> dict[str, Any]:
-        return {"verdicts": [v.to_dict() for v in self.verdicts], "flagged": sorted(self._flagged)}
+        return self.verdict_log.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.verdicts = [Verdict(**v) for v in state_dict.get("verdicts", [])]
-        self._flagged = {tuple(f) for f in state_dict.get("flagged", [])}
+        self.verdict_log.load_state_dict(state_dict)
 
 
 def js_divergence_bits(p_counts: torch.Tensor, q_counts: torch.Tensor) -> float:

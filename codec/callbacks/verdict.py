@@ -8,6 +8,7 @@ the remedy the reports found). `RunSummary` gathers them at the end of every fit
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,3 +35,26 @@ def read_summary(run_dir: str | Path) -> dict | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text())
+
+
+class VerdictLog:
+    """The verdicts a monitor raised, each once per key (a level, a kind of failure), warned as they
+    come and kept in the monitor's checkpoint state, so a resumed run does not raise them again."""
+
+    def __init__(self):
+        self.verdicts: list[Verdict] = []
+        self.keys: set[tuple] = set()
+
+    def raise_once(self, key: tuple, verdict: Verdict) -> None:
+        if key in self.keys:
+            return
+        self.keys.add(key)
+        self.verdicts.append(verdict)
+        warnings.warn(verdict.line(), stacklevel=3)
+
+    def state_dict(self) -> dict:
+        return {"verdicts": [v.to_dict() for v in self.verdicts], "flagged": sorted(self.keys)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.verdicts = [Verdict(**v) for v in state.get("verdicts", [])]
+        self.keys = {tuple(key) for key in state.get("flagged", [])}

@@ -12,18 +12,16 @@ W&B logger is attached. Warnings, each also a metric and a verdict in the run su
 
 from __future__ import annotations
 
-from typing import Any
-
 import lightning as L
 import torch
 
 from codec.callbacks.discovery import find_quantizers
 from codec.callbacks.log_now import log_now
-from codec.callbacks.verdict import Verdict, VerdictLog
+from codec.callbacks.verdict import KeepsVerdicts, Verdict
 from codec.quantize.stats import perplexity
 
 
-class CodebookMonitor(L.Callback):
+class CodebookMonitor(KeepsVerdicts, L.Callback):
     """Args:
     every_n_steps: training steps per report window.
     min_codes_used: an active level using fewer distinct codes than this in a window is flagged.
@@ -42,7 +40,7 @@ class CodebookMonitor(L.Callback):
         self.drift_factor = drift_factor
         self.max_dead_fraction = max_dead_fraction
         self.log_histograms = log_histograms
-        self.verdict_log = VerdictLog()
+        self._start_verdicts()
         self._window: dict[tuple[str, int], torch.Tensor] = {}
         self._input_absmax: dict[tuple[str, int], torch.Tensor] = {}  # largest |input| per level in the window
         self._last_report_step = -1
@@ -147,18 +145,7 @@ class CodebookMonitor(L.Callback):
         return f"{name} Q{level}" if self._named else f"Q{level}"
 
     def _flag(self, kind: str, name: str, level: int, verdict: Verdict) -> None:
-        self.verdict_log.raise_once((kind, name, level), verdict)
-
-    @property
-    def verdicts(self) -> list[Verdict]:
-        return self.verdict_log.verdicts
-
-    # ------------------------------------------------------------------- state
-    def state_dict(self) -> dict[str, Any]:
-        return self.verdict_log.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.verdict_log.load_state_dict(state_dict)
+        self.raise_once((kind, name, level), verdict)
 
 
 def _prefix(name: str, count: int) -> str:

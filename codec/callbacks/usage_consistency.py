@@ -28,7 +28,7 @@ import torch
 
 from codec.callbacks.discovery import find_quantizers
 from codec.callbacks.log_now import log_now
-from codec.callbacks.verdict import Verdict, VerdictLog
+from codec.callbacks.verdict import KeepsVerdicts, Verdict
 from codec.quantize.modes import side_effect_free
 from codec.quantize.stats import perplexity
 
@@ -37,7 +37,7 @@ REMEDY = ("eval mode feeds the quantizer other inputs than training: check Batch
           "compare with `codec eval CKPT --data DIR`")
 
 
-class UsageConsistencyMonitor(L.Callback):
+class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
     """Args:
     max_batches: validation batches compared per validation.
     collapse_ratio: flag a level whose eval-mode perplexity is below this fraction of its
@@ -53,7 +53,7 @@ class UsageConsistencyMonitor(L.Callback):
         self.collapse_ratio = collapse_ratio
         self.min_agreement = min_agreement
         self.input_key = input_key
-        self.verdict_log = VerdictLog()
+        self._start_verdicts()
         self._batches: list[Any] = []
 
     # ---------------------------------------------------------------- collect
@@ -136,23 +136,13 @@ class UsageConsistencyMonitor(L.Callback):
         return ratio < self.collapse_ratio or low_agreement
 
     def _flag(self, step: int, name: str, level: int, row: dict[str, float]) -> None:
-        self.verdict_log.raise_once((name, level), Verdict(
+        self.raise_once((name, level), Verdict(
             "F7", step,
             f"{name}Q{level} collapses in eval mode: perplexity {row['perplexity_eval_mode']:.2f} in eval vs "
             f"{row['perplexity_train_mode']:.1f} in train mode ({row['codes_used_eval_mode']:.0f} vs "
             f"{row['codes_used_train_mode']:.0f} codes), codes agree on {100 * row['agreement']:.0f}% of frames",
             REMEDY,
         ))
-
-    @property
-    def verdicts(self) -> list[Verdict]:
-        return self.verdict_log.verdicts
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.verdict_log.state_dict()
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.verdict_log.load_state_dict(state_dict)
 
 
 def js_divergence_bits(p_counts: torch.Tensor, q_counts: torch.Tensor) -> float:

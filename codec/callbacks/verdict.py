@@ -37,24 +37,25 @@ def read_summary(run_dir: str | Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-class VerdictLog:
-    """The verdicts a monitor raised, each once per key (a level, a kind of failure), warned as they
-    come and kept in the monitor's checkpoint state, so a resumed run does not raise them again."""
+class KeepsVerdicts:
+    """Mixin for monitors: the verdicts raised, each once per key (a level, a kind of failure),
+    warned as they come and kept in the monitor's checkpoint state, so a resumed run does not
+    raise them again. `RunSummary` reads `verdicts`."""
 
-    def __init__(self):
+    def _start_verdicts(self) -> None:
         self.verdicts: list[Verdict] = []
-        self.keys: set[tuple] = set()
+        self._verdict_keys: set[tuple] = set()
 
     def raise_once(self, key: tuple, verdict: Verdict) -> None:
-        if key in self.keys:
+        if key in self._verdict_keys:
             return
-        self.keys.add(key)
+        self._verdict_keys.add(key)
         self.verdicts.append(verdict)
         warnings.warn(verdict.line(), stacklevel=3)
 
     def state_dict(self) -> dict:
-        return {"verdicts": [v.to_dict() for v in self.verdicts], "flagged": sorted(self.keys)}
+        return {"verdicts": [v.to_dict() for v in self.verdicts], "flagged": sorted(self._verdict_keys)}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.verdicts = [Verdict(**v) for v in state.get("verdicts", [])]
-        self.keys = {tuple(key) for key in state.get("flagged", [])}
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.verdicts = [Verdict(**v) for v in state_dict.get("verdicts", [])]
+        self._verdict_keys = {tuple(key) for key in state_dict.get("flagged", [])}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from codec.report import latest_version, read_metrics, run_label, series
+from codec.report import latest_version, level_count, read_metrics, run_label, series
 
 # (column, metric): the reports' comparison columns; perplexity columns are added per level.
 TABLE_METRICS = [("RMS ratio", "val/audio/rms_ratio"), ("out_proj norm", "train/params/out_proj/weight_norm"),
@@ -40,13 +40,6 @@ def value_at(rows: list[dict[str, float]], key: str, step: int) -> tuple[int, fl
     return points[-1] if points else None
 
 
-def levels(rows: list[dict[str, float]]) -> int:
-    n = 0
-    while any(f"val/rvq/q{n}/perplexity" in r for r in rows):
-        n += 1
-    return n
-
-
 def _step_label(step: int) -> str:
     return f"{step / 1000:g}K" if step >= 1000 else str(step)
 
@@ -55,22 +48,24 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def comparison(run_dirs: list[Path], steps: list[int] | None = None) -> tuple[str, list[dict]]:
-    """(markdown, rows): one row per run and step. Default step: the last step every run validated."""
-    from codec.callbacks.verdict import read_summary
+def comparison(run_dirs: list[Path], steps: list[int] | None = None,
+               metrics_of: dict[Path, list[dict[str, float]]] | None = None) -> tuple[str, list[dict]]:
+    """(markdown, rows): one row per run and step. Default step: the last step every run validated.
+    `metrics_of` holds metrics.csv rows already read, per run directory."""
+    from codec.callbacks.verdict import read_summary, verdict_tags
 
-    runs = [(run_label(d), read_metrics(d), d) for d in run_dirs]
+    metrics_of = metrics_of or {d: read_metrics(d) for d in run_dirs}
+    runs = [(run_label(d), metrics_of[d], d) for d in run_dirs]
     if not steps:
         last = [max((s for s, _ in series(rows, "val/audio/rms_ratio")), default=0) for _, rows, _ in runs]
         steps = [min(last)] if last else [0]
-    n_levels = max(levels(rows) for _, rows, _ in runs)
+    n_levels = max(level_count(rows) for _, rows, _ in runs)
     metrics = TABLE_METRICS + [(f"ppl q{i}", f"val/rvq/q{i}/perplexity") for i in range(n_levels)]
     header = ["run", "step", *(name for name, _ in metrics), "verdicts"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     table = []
     for label, rows, run_dir in runs:
-        summary = read_summary(run_dir) or {}
-        verdicts = " ".join(f"{v['failure']}@{v['step']}" for v in summary.get("verdicts") or []) or "-"
+        verdicts = verdict_tags(read_summary(run_dir)) or "-"
         for step in steps:
             record = {"run": label, "step": step, "verdicts": verdicts}
             for name, key in metrics:
@@ -102,14 +97,16 @@ def _flatten(tree, prefix: str = "") -> dict:
     return flat
 
 
-def plot_curves(run_dirs: list[Path], out_dir: Path, metrics: list[str] = CURVES) -> list[Path]:
+def plot_curves(run_dirs: list[Path], out_dir: Path, metrics: list[str] = CURVES,
+                metrics_of: dict[Path, list[dict[str, float]]] | None = None) -> list[Path]:
     """One PNG per metric that any run logged: the metric over steps, one line per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [(run_label(d), read_metrics(d)) for d in run_dirs]
+    metrics_of = metrics_of or {d: read_metrics(d) for d in run_dirs}
+    runs = [(run_label(d), metrics_of[d]) for d in run_dirs]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for key in metrics:
@@ -136,7 +133,8 @@ def plot_curves(run_dirs: list[Path], out_dir: Path, metrics: list[str] = CURVES
 def write(run_dirs: list[Path], out_dir: Path, steps: list[int] | None = None) -> Path:
     """compare.md and the curve PNGs under out_dir; returns compare.md."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    table, _ = comparison(run_dirs, steps)
+    metrics_of = {d: read_metrics(d) for d in run_dirs}  # read once for the table and the curves
+    table, _ = comparison(run_dirs, steps, metrics_of)
     text = ["# Run comparison", "", "Values are the last logged at or before each step.", "", table]
     differences = config_differences(run_dirs)
     if differences:
@@ -144,7 +142,7 @@ def write(run_dirs: list[Path], out_dir: Path, steps: list[int] | None = None) -
         text += ["", "Config keys that differ:", "", "| key | " + " | ".join(names) + " |",
                  "|---|" + "---|" * len(names)]
         text += [f"| {k} | " + " | ".join(str(v) for v in values) + " |" for k, values in differences.items()]
-    plots = plot_curves(run_dirs, out_dir)
+    plots = plot_curves(run_dirs, out_dir, metrics_of=metrics_of)
     text += ["", "Curves: " + ", ".join(p.name for p in plots)]
     path = out_dir / "compare.md"
     path.write_text("\n".join(text) + "\n")

@@ -34,8 +34,8 @@ from codec.json_safe import json_safe
 from codec.quantize.codebook import DEAD_USAGE_FLOOR
 from codec.quantize.stats import distance_from_init
 
-# A level "moved from init" when its mean codeword distance from init, relative to the mean init
-# norm, exceeds this (float32 round-off of an untouched codebook is 0).
+# A level "moved from init" when its mean codeword distance from init, relative to the larger mean
+# norm (init or now), exceeds this (float32 round-off of an untouched codebook is 0).
 MOVED_FROM_INIT = 1e-6
 # F2 thresholds: values beyond this multiple of the init range, dead codes beyond this fraction.
 DRIFT_FACTOR = 5.0

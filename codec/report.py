@@ -12,7 +12,7 @@ import math
 import sys
 from pathlib import Path
 
-from codec.callbacks.verdict import read_summary
+from codec.callbacks.verdict import read_summary, verdict_tags
 
 SUMMARY_METRICS = [
     ("val/audio/snr_db", "SNR dB"),
@@ -55,10 +55,7 @@ def run_label(run_dir: Path) -> str:
 def summary_table(run_dirs: list[str | Path]) -> str:
     """Markdown table: final validation metrics and per-level perplexity, one column per run."""
     runs = [(run_label(Path(d)), read_metrics(d)) for d in run_dirs]
-    levels = 0
-    for _, rows in runs:
-        while any(f"val/rvq/q{levels}/perplexity" in r for r in rows):
-            levels += 1
+    levels = max(level_count(rows) for _, rows in runs)
     lines = ["| metric | " + " | ".join(name for name, _ in runs) + " |",
              "|---|" + "---|" * len(runs)]
     rows_out = [(label, key) for key, label in SUMMARY_METRICS]
@@ -74,9 +71,15 @@ def summary_table(run_dirs: list[str | Path]) -> str:
 def _verdicts(run_dir: Path) -> str:
     """The monitors' verdicts from summary.json, e.g. "F3@1500", "none", or "-" without a summary."""
     summary = read_summary(run_dir)
-    if summary is None:
-        return "-"
-    return ", ".join(f"{v['failure']}@{v['step']}" for v in summary["verdicts"]) or "none"
+    return "-" if summary is None else verdict_tags(summary, ", ") or "none"
+
+
+def level_count(rows: list[dict[str, float]]) -> int:
+    """How many quantizer levels logged a validation perplexity (val/rvq/q{i}/perplexity)."""
+    n = 0
+    while any(f"val/rvq/q{n}/perplexity" in r for r in rows):
+        n += 1
+    return n
 
 
 def _fmt(value: float | None) -> str:

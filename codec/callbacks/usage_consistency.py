@@ -2,8 +2,9 @@
 
 The report's VQ classifier had perplexity 150 in training and 1.06 in evaluation (accuracy at
 chance): layers that behave differently in the two modes (BatchNorm running statistics, dropout)
-fed the quantizer different inputs. At validation this callback runs up to `max_batches` batches
-through the module twice, in eval mode and in train mode, and compares per quantizer level: the
+fed the quantizer different inputs. At validation this callback keeps the codes the eval-mode
+validation forward produced for up to `max_batches` batches, runs the same batches through the
+module again in train mode, and compares per quantizer level: the
 perplexity and codes used in each mode, the agreement of the codes, and the Jensen-Shannon
 divergence (bits) between the two usage histograms.
 
@@ -11,16 +12,17 @@ The train-mode pass has no side effects: gradients are off, codebooks are frozen
 replacement), every buffer (BatchNorm statistics) is restored afterwards, and the random number
 generator is forked, so training continues exactly as without this callback.
 
-The module is called as `pl_module(inputs)`, the inputs taken from the batch: the batch itself when
-it is a tensor, the first element of a tuple/list, or the `input_key` entry of a dict. Modules with
-another calling convention define `usage_inputs(batch)`.
+The eval-mode codes are those the validation forward itself produced (captured by hooks); the
+train-mode pass calls the module as `pl_module(inputs)`, the inputs taken from the batch: the
+batch itself when it is a tensor, the first element of a tuple/list, or the `input_key` entry of
+a dict. Modules with another calling convention define `usage_inputs(batch)`.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import lightning as L
@@ -55,20 +57,35 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
         self.input_key = input_key
         self._start_verdicts()
         self._batches: list[Any] = []
+        self._eval_codes: dict[str, list[torch.Tensor]] | None = None
+        self._capture: ExitStack | None = None
 
     # ---------------------------------------------------------------- collect
+    # The eval-mode codes are the ones validation itself produced (hooks on the quantizers during the
+    # first `max_batches` batches), so only the train-mode pass is extra work.
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._batches = []
+        self._batches, self._eval_codes = [], None
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.sanity_checking or len(self._batches) >= self.max_batches:
+            return
+        quantizers = find_quantizers(pl_module)
+        if self._eval_codes is None:
+            self._eval_codes = {name: [] for name, _ in quantizers}
+        self._capture = ExitStack()
+        self._capture.enter_context(_captured_codes(quantizers, self._eval_codes))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if not trainer.sanity_checking and len(self._batches) < self.max_batches:
+        if self._capture is not None:
+            self._capture.close()
+            self._capture = None
             self._batches.append(batch)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self._batches:
             return
-        result = self.compare(pl_module, self._batches)
-        self._batches = []
+        result = self.compare(pl_module, self._batches, self._eval_codes)
+        self._batches, self._eval_codes = [], None
         logs = {}
         for (name, level), row in result.items():
             for key, value in row.items():
@@ -81,22 +98,26 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
 
     # ---------------------------------------------------------------- compare
     @torch.no_grad()
-    def compare(self, pl_module: torch.nn.Module, batches: list[Any]) -> dict[tuple[str, int], dict[str, float]]:
-        """Per (quantizer prefix, level): perplexity/codes used in each mode, agreement, divergence."""
+    def compare(self, pl_module: torch.nn.Module, batches: list[Any],
+                eval_codes: dict[str, list[torch.Tensor]] | None = None) -> dict[tuple[str, int], dict[str, float]]:
+        """Per (quantizer prefix, level): perplexity/codes used in each mode, agreement, divergence.
+
+        `eval_codes`: the codes an eval-mode pass over `batches` already produced (validation's);
+        without them this runs that pass too."""
         quantizers = find_quantizers(pl_module)
         if not quantizers:
             return {}
-        codes = {"eval": [], "train": []}
-        for mode in ("eval", "train"):
-            with side_effect_free(pl_module, train=(mode == "train")), _captured_codes(quantizers) as captured:
+        codes = {"eval": eval_codes}
+        for mode in ("eval", "train") if eval_codes is None else ("train",):
+            codes[mode] = {name: [] for name, _ in quantizers}
+            with side_effect_free(pl_module, train=(mode == "train")), _captured_codes(quantizers, codes[mode]):
                 for batch in batches:
                     pl_module(self.inputs(pl_module, batch))
-            codes[mode] = captured
         sizes = {name: rvq.codebook_size for name, rvq in quantizers}
         prefixes = {name: ("" if len(quantizers) == 1 else f"{name}/") for name, _ in quantizers}
         result = {}
         for name, _ in quantizers:
-            evals, trains = codes["eval"][name], codes["train"][name]
+            evals, trains = codes["eval"].get(name, []), codes["train"][name]
             if not evals or not trains:
                 continue
             levels = min(min(c.shape[1] for c in evals), min(c.shape[1] for c in trains))
@@ -159,12 +180,12 @@ def js_divergence_bits(p_counts: torch.Tensor, q_counts: torch.Tensor) -> float:
 
 
 @contextmanager
-def _captured_codes(quantizers) -> Iterator[dict[str, list[torch.Tensor]]]:
-    captured: dict[str, list[torch.Tensor]] = {name: [] for name, _ in quantizers}
+def _captured_codes(quantizers, captured: dict[str, list[torch.Tensor]]) -> Iterator[None]:
+    """Append each quantizer's output codes to `captured[name]` while the context is open."""
     handles = [rvq.register_forward_hook(lambda m, args, out, name=name: captured[name].append(out.codes.detach().cpu()))
                for name, rvq in quantizers]
     try:
-        yield captured
+        yield
     finally:
         for h in handles:
             h.remove()

@@ -29,6 +29,11 @@ class Verdict:
         return asdict(self)
 
 
+def verdict_tags(summary: dict | None, sep: str = " ") -> str:
+    """The verdicts of a summary as "F3@1500 F4@1500" (the tables' short form); "" for none."""
+    return sep.join(f"{v['failure']}@{v['step']}" for v in (summary or {}).get("verdicts") or [])
+
+
 def read_summary(run_dir: str | Path) -> dict | None:
     """The summary.json of a run directory, or None for runs that have none (older runs, crashed ones)."""
     path = Path(run_dir) / SUMMARY_FILE

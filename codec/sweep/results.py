@@ -15,7 +15,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from codec.report import last_value, read_metrics
+from codec.report import last_value, level_count, read_metrics
 from codec.sweep.config import Sweep
 
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
@@ -39,7 +39,7 @@ def trial_rows(study: optuna.Study, sweep: Sweep) -> list[dict]:
 
 
 def _row(trial: optuna.trial.FrozenTrial, sweep: Sweep) -> dict:
-    from codec.callbacks.verdict import read_summary
+    from codec.callbacks.verdict import read_summary, verdict_tags
 
     row = {"trial": trial.number, "state": STATES.get(trial.state, trial.state.name.lower())}
     row.update({key: trial.params.get(key) for key in sweep.space})
@@ -50,15 +50,12 @@ def _row(trial: optuna.trial.FrozenTrial, sweep: Sweep) -> dict:
         metrics = read_metrics(run_dir)
     for name, key in METRICS:
         row[name] = last_value(metrics, key)
-    level = 0
-    while any(f"val/rvq/q{level}/perplexity" in r for r in metrics):
+    for level in range(level_count(metrics)):
         row[f"q{level}_perplexity"] = last_value(metrics, f"val/rvq/q{level}/perplexity")
-        level += 1
     summary = (read_summary(run_dir) if run_dir else None) or {}
-    verdicts = summary.get("verdicts") or []
     pruned = trial.user_attrs.get("pruned", "")
     row["collapsed"] = bool(summary.get("collapsed")) or "collapse" in pruned
-    row["verdicts"] = " ".join(f"{v['failure']}@{v['step']}" for v in verdicts)
+    row["verdicts"] = verdict_tags(summary)
     row["note"] = trial.user_attrs.get("error") or pruned
     row["run_dir"] = run_dir or ""
     return row

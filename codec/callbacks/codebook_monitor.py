@@ -47,8 +47,11 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
         self._named = False  # several quantizers: name them in messages
 
     # --------------------------------------------------------------- gathering
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._quantizers = find_quantizers(pl_module)  # once, not a module walk every step
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        quantizers = find_quantizers(pl_module)
+        quantizers = getattr(self, "_quantizers", None) or find_quantizers(pl_module)
         for name, rvq in quantizers:
             for i, level in enumerate(rvq.levels[: int(rvq.num_active)]):
                 if level.last_histogram is None:

@@ -3,7 +3,7 @@
 The reports computed `num_active = min(step // every + 1, N)` in the trainer but
 never stored it, and never called the setter every step. Here the count lives
 in each quantizer's `num_active` buffer (so checkpoints carry it), is set from
-`trainer.global_step` before every training batch, and this callback's own
+`trainer.global_step` when training starts and after every step, and this callback's own
 settings are checkpointed too, so a resumed run continues the same schedule.
 """
 
@@ -34,8 +34,11 @@ class ProgressiveRVQ(L.Callback):
     def num_active_at(self, step: int, num_quantizers: int) -> int:
         return ProgressiveSchedule(self.every, self.start, self.initial, self.maximum).num_active_at(step, num_quantizers)
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self._quantizers = find_quantizers(pl_module)  # once, not a module walk every step
+
     def apply(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        quantizers = find_quantizers(pl_module)
+        quantizers = getattr(self, "_quantizers", None) or find_quantizers(pl_module)
         if not quantizers:
             raise RuntimeError("ProgressiveRVQ found no codec.quantize.ResidualVQ in the model")
         for _, rvq in quantizers:
@@ -46,13 +49,11 @@ class ProgressiveRVQ(L.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self.apply(trainer, pl_module)
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self.apply(trainer, pl_module)
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        # The step counter has advanced: a checkpoint written now (ModelCheckpoint runs after every
-        # other callback) holds the count of the step it is saved at, e.g. 3 levels at step 4000
-        # with every=2000, which is also what a resumed run uses before its first new step.
+        # The step counter has advanced: this sets the count of the next step (on_train_start set
+        # the first), so a checkpoint written now (ModelCheckpoint runs after every other callback)
+        # holds the count of the step it is saved at, e.g. 3 levels at step 4000 with every=2000,
+        # which is also what a resumed run uses before its first new step.
         self.apply(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:

@@ -30,13 +30,10 @@ import torch
 
 from codec.callbacks.discovery import find_quantizers
 from codec.callbacks.log_now import log_now
-from codec.callbacks.verdict import KeepsVerdicts, Verdict
+from codec.callbacks.verdict import KeepsVerdicts
+from codec.diagnostics.consistency import ConsistencyRule, judge_modes
 from codec.quantize.modes import side_effect_free
 from codec.quantize.stats import perplexity
-
-REMEDY = ("eval mode feeds the quantizer other inputs than training: check BatchNorm running statistics "
-          "(momentum, a too-small batch) or dropout in front of the quantizer, or use LayerNorm/GroupNorm; "
-          "compare with `codec eval CKPT --data DIR`")
 
 
 class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
@@ -49,11 +46,10 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
     input_key: the dict key of the model input when batches are dicts.
     """
 
-    def __init__(self, max_batches: int = 2, collapse_ratio: float = 0.25, min_agreement: float = 0.0,
-                 input_key: str = "input"):
+    def __init__(self, max_batches: int = 2, collapse_ratio: float = ConsistencyRule.collapse_ratio,
+                 min_agreement: float = ConsistencyRule.min_agreement, input_key: str = "input"):
         self.max_batches = max_batches
-        self.collapse_ratio = collapse_ratio
-        self.min_agreement = min_agreement
+        self.rule = ConsistencyRule(collapse_ratio, min_agreement)
         self.input_key = input_key
         self._start_verdicts()
         self._batches: list[Any] = []
@@ -84,17 +80,20 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self._batches:
             return
+        if trainer.global_step == 0:  # the validation before training: codebooks not initialised yet
+            self._batches, self._eval_codes = [], None
+            return
         result = self.compare(pl_module, self._batches, self._eval_codes)
         self._batches, self._eval_codes = [], None
         logs = {}
         for (name, level), row in result.items():
             for key, value in row.items():
                 logs[f"val/usage/{name}q{level}/{key}"] = value
-        flagged = [(name, level, row) for (name, level), row in result.items() if self._collapsed(row)]
-        logs["val/health/train_eval_collapse"] = float(bool(flagged))
+        verdicts = [v for (name, level), row in result.items()
+                    if (v := judge_modes(trainer.global_step, level, row, self.rule, name.rstrip("/"))) is not None]
+        logs["val/health/train_eval_collapse"] = float(bool(verdicts))
         log_now(trainer, logs)
-        for name, level, row in flagged:
-            self._flag(trainer.global_step, name, level, row)
+        self.record(verdicts)
 
     # ---------------------------------------------------------------- compare
     @torch.no_grad()
@@ -149,21 +148,6 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
             f"UsageConsistencyMonitor cannot find the model input in a {type(batch).__name__} batch: "
             f"give the module a usage_inputs(batch) method or set input_key (now {self.input_key!r})"
         )
-
-    # ---------------------------------------------------------------- verdict
-    def _collapsed(self, row: dict[str, float]) -> bool:
-        ratio = row["perplexity_eval_mode"] / max(row["perplexity_train_mode"], 1e-12)
-        low_agreement = self.min_agreement > 0 and row["agreement"] < self.min_agreement
-        return ratio < self.collapse_ratio or low_agreement
-
-    def _flag(self, step: int, name: str, level: int, row: dict[str, float]) -> None:
-        self.raise_once((name, level), Verdict(
-            "F7", step,
-            f"{name}Q{level} collapses in eval mode: perplexity {row['perplexity_eval_mode']:.2f} in eval vs "
-            f"{row['perplexity_train_mode']:.1f} in train mode ({row['codes_used_eval_mode']:.0f} vs "
-            f"{row['codes_used_train_mode']:.0f} codes), codes agree on {100 * row['agreement']:.0f}% of frames",
-            REMEDY,
-        ))
 
 
 def js_divergence_bits(p_counts: torch.Tensor, q_counts: torch.Tensor) -> float:

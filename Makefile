@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 export WANDB_MODE ?= offline
 
-.PHONY: venv test demo bench lint clean sweep
+.PHONY: venv test demo bench lint clean sweep reproduce
 
 venv: $(STAMP)
 
@@ -40,6 +40,11 @@ ABLATION ?= normalization
 SWEEP_ARGS = $(if $(TRIALS),--trials=$(TRIALS)) $(if $(STEPS),--steps=$(STEPS)) $(if $(JOBS),--jobs=$(JOBS))
 sweep: $(STAMP)
 	$(VENV)/bin/codec sweep sweeps/$(ABLATION).yaml $(SWEEP_ARGS)
+
+# The reports' phases trained at real length, beside the reports' outcomes: runs/reproduce/reproduce.md.
+# STEPS= (default 6000 on a GPU, 3000 on CPU), PHASES=phase_1,phase_b and JOBS= shorten or shape it.
+reproduce: $(STAMP)
+	$(VENV)/bin/codec reproduce $(if $(STEPS),--steps=$(STEPS)) $(if $(PHASES),--phases=$(PHASES)) $(if $(JOBS),--jobs=$(JOBS))
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/quantizer.py

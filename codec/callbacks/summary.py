@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from codec.callbacks.discovery import find_quantizers
 from codec.callbacks.verdict import SUMMARY_FILE, Verdict
+from codec.diagnostics.verdict import DOCS
 
 
 class RunSummary(L.Callback):
@@ -95,7 +96,7 @@ def verdict_block(summary: dict[str, Any], path: Path | None = None) -> str:
     if summary.get("error"):
         lines.append(f"error: {summary['error']}")
     if summary["verdicts"]:
-        lines.append("Failures seen (failure-modes.md):")
+        lines.append(f"Failures seen ({DOCS}):")
         for v in summary["verdicts"]:
             lines.append(f"  {Verdict(**v).line()}")
     else:

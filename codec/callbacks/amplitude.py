@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from codec.callbacks.discovery import find_quantizers
+from codec.callbacks.distributed import any_rank, reduce_mean
 from codec.callbacks.log_now import log_now
 from codec.diagnostics.amplitude import AmplitudeRule, AmplitudeTracker, StepAmplitude
 from codec.diagnostics.verdict import Verdict
@@ -119,10 +120,11 @@ class AmplitudeMonitor(L.Callback):
         self._recent.append((step, None if loss is None else loss.detach(), self._last_ratio))
         if step % (self.check_every_n_steps or max(1, trainer.log_every_n_steps)):
             return
-        if loss is not None and not bool(torch.isfinite(loss).all()):  # a sync, on checking steps only
-            self._diverged(trainer, f"the training loss is {float(loss)} at step {step}")
+        # Syncs, on checking steps only; every rank decides alike (a lone rank stopping would hang the rest).
+        if any_rank(trainer, loss is not None and not bool(torch.isfinite(loss).all())):
+            self._diverged(trainer, f"the training loss is {float(loss) if loss is not None else 'NaN'} at step {step}")
         if self._step_amplitude is not None:
-            logged = self._step_amplitude.read()
+            logged = StepAmplitude.as_dict(reduce_mean(trainer, self._step_amplitude.values()))
             log_now(trainer, logged)
             self._record(trainer, self.tracker.steps(step, logged))
 

@@ -22,6 +22,7 @@ import lightning as L
 import torch
 
 from codec.callbacks.discovery import active_levels, find_quantizers
+from codec.callbacks.distributed import reduce_mean, reduce_sum
 from codec.callbacks.log_now import log_now
 from codec.callbacks.verdict import KeepsVerdicts
 from codec.diagnostics.codebook import CodebookRule, judge_level, level_state, usage_perplexity
@@ -136,7 +137,7 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
                 continue
             active = self._active_now.get(name, active_levels(rvq))
             prefix = self._prefix(name)
-            for level, values in enumerate(usage.read(active)):
+            for level, values in enumerate(StepUsage.as_dicts(reduce_mean(trainer, usage.values(active)))):
                 logs.update({f"train/codebook/{prefix}q{level}/{k}": v for k, v in values.items()})
                 self.record(self._trackers[name].steps(step, level, values))
         log_now(trainer, logs)
@@ -152,8 +153,8 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
             prefix = self._prefix(name)
             active = active_levels(rvq)
             window = self._window.get(name)
-            if window is not None:
-                window = window.cpu().clone()  # the device sum is zeroed for the next window below
+            if window is not None:  # every rank's window (a copy: the device sum is zeroed below)
+                window = reduce_sum(trainer, window).cpu().clone()
             tracker = self._trackers[name]
             for s in rvq.level_stats():
                 if not s.active:
@@ -220,7 +221,7 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
         step = trainer.global_step
         logs = {}
         for name, counts in self._val.items():
-            ppl, rows, _ = perplexities(counts)
+            ppl, rows, _ = perplexities(reduce_sum(trainer, counts))
             prefix = self._prefix(name)
             tracker = self._trackers[name]
             for level, (p, n) in enumerate(zip(ppl.cpu().tolist(), rows.cpu().tolist(), strict=True)):

@@ -29,6 +29,7 @@ import lightning as L
 import torch
 
 from codec.callbacks.discovery import find_quantizers
+from codec.callbacks.distributed import reduce_sum
 from codec.callbacks.log_now import log_now
 from codec.callbacks.verdict import KeepsVerdicts
 from codec.diagnostics.consistency import ConsistencyRule, judge_modes
@@ -83,7 +84,9 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
         if trainer.global_step == 0:  # the validation before training: codebooks not initialised yet
             self._batches, self._eval_codes = [], None
             return
-        result = self.compare(pl_module, self._batches, self._eval_codes)
+        device = pl_module.device
+        result = self.compare(pl_module, self._batches, self._eval_codes,
+                              combine=lambda t: reduce_sum(trainer, t.to(device)).cpu())
         self._batches, self._eval_codes = [], None
         logs = {}
         for (name, level), row in result.items():
@@ -98,11 +101,12 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
     # ---------------------------------------------------------------- compare
     @torch.no_grad()
     def compare(self, pl_module: torch.nn.Module, batches: list[Any],
-                eval_codes: dict[str, list[torch.Tensor]] | None = None) -> dict[tuple[str, int], dict[str, float]]:
+                eval_codes: dict[str, list[torch.Tensor]] | None = None,
+                combine=None) -> dict[tuple[str, int], dict[str, float]]:
         """Per (quantizer prefix, level): perplexity/codes used in each mode, agreement, divergence.
 
         `eval_codes`: the codes an eval-mode pass over `batches` already produced (validation's);
-        without them this runs that pass too."""
+        without them this runs that pass too. `combine`: sums a level's counts over every rank (DDP)."""
         quantizers = find_quantizers(pl_module)
         if not quantizers:
             return {}
@@ -123,14 +127,19 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
             for level in range(levels):
                 ev = torch.cat([c[:, level].reshape(-1) for c in evals])
                 tr = torch.cat([c[:, level].reshape(-1) for c in trains])
-                h_ev = torch.bincount(ev, minlength=sizes[name])
-                h_tr = torch.bincount(tr, minlength=sizes[name])
+                size = sizes[name]
+                agree = (ev == tr).sum() if ev.shape == tr.shape else torch.tensor(-(ev.numel() + 1))
+                counts = torch.cat([torch.bincount(tr, minlength=size), torch.bincount(ev, minlength=size),
+                                    torch.stack([agree, torch.tensor(ev.numel())])])
+                if combine is not None:
+                    counts = combine(counts)
+                h_tr, h_ev, (agree, frames) = counts[:size], counts[size:2 * size], counts[2 * size:].tolist()
                 result[(prefixes[name], level)] = {
                     "perplexity_train_mode": perplexity(h_tr),
                     "perplexity_eval_mode": perplexity(h_ev),
                     "codes_used_train_mode": float((h_tr > 0).sum()),
                     "codes_used_eval_mode": float((h_ev > 0).sum()),
-                    "agreement": float((ev == tr).float().mean()) if ev.shape == tr.shape else math.nan,
+                    "agreement": agree / frames if agree >= 0 else math.nan,
                     "js_divergence_bits": js_divergence_bits(h_tr, h_ev),
                 }
         return result

@@ -129,9 +129,16 @@ class StepAmplitude:
                 self.shares[name] = torch.where(heard, decay * self.shares[name] + (1 - decay) * hit.double(),
                                                 self.shares[name])
 
+    def values(self) -> torch.Tensor:
+        """What `read` returns, on the device (a monitor averages it over ranks first)."""
+        return torch.stack([self.ratio, self.dc, *self.shares.values()])
+
+    @staticmethod
+    def as_dict(values: torch.Tensor) -> dict[str, float]:
+        return dict(zip([TRAIN_RATIO, TRAIN_DC, *SHARES.values()], values.cpu().tolist(), strict=True))
+
     def read(self) -> dict[str, float]:
-        values = torch.stack([self.ratio, self.dc, *self.shares.values()]).cpu().tolist()
-        return dict(zip([TRAIN_RATIO, TRAIN_DC, *SHARES.values()], values, strict=True))
+        return self.as_dict(self.values())
 
     def to(self, device: torch.device | str) -> StepAmplitude:
         self.ratio, self.dc, self.started = self.ratio.to(device), self.dc.to(device), self.started.to(device)

@@ -123,12 +123,21 @@ class StepUsage:
         self.low_share[part] = decay * self.low_share[part] + (1 - decay) * low.double()
         self.best[part] = torch.maximum(self.best[part], self.smoothed[part])
 
+    NAMES = ("step_perplexity", "last_step_perplexity", "best_step_perplexity", "low_usage_share", "step_rows",
+             "step_codes_used")
+
+    def values(self, levels: int) -> torch.Tensor:
+        """(len(NAMES), levels) on the device: what `read` returns, before it leaves the device
+        (a monitor averages it over ranks first)."""
+        return torch.stack([self.smoothed, self.last, self.best, self.low_share, self.rows, self.codes_used])[:, :levels]
+
+    @classmethod
+    def as_dicts(cls, values: torch.Tensor) -> list[dict[str, float]]:
+        rows = values.cpu().tolist()
+        return [{name: rows[j][i] for j, name in enumerate(cls.NAMES)} for i in range(values.shape[1])]
+
     def read(self, levels: int) -> list[dict[str, float]]:
-        values = torch.stack([self.smoothed, self.last, self.best, self.low_share, self.rows, self.codes_used])
-        values = values[:, :levels].cpu().tolist()
-        names = ("step_perplexity", "last_step_perplexity", "best_step_perplexity", "low_usage_share",
-                 "step_rows", "step_codes_used")
-        return [{name: values[j][i] for j, name in enumerate(names)} for i in range(levels)]
+        return self.as_dicts(self.values(levels))
 
     def state_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k).cpu() for k in ("smoothed", "best", "low_share", "started")}

@@ -292,9 +292,10 @@ def run(sweep: Sweep, jobs: int = 1) -> optuna.Study:
     can still be reported."""
     study, line = prepare(sweep)
     print(line, flush=True)
-    if work_left(study, sweep) == 0:
+    jobs = min(max(jobs, 1), work_left(study, sweep))  # a worker with nothing to take would only start and stop
+    if jobs == 0:
         return study
-    if jobs <= 1:
+    if jobs == 1:
         optimize(sweep)
         return study
     context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and locks

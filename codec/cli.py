@@ -8,6 +8,7 @@
     codec eval CKPT --data DIR [--json]       audio metrics and usage, eval mode vs train mode (F7)
     codec sweep SWEEP.yaml [-j N]             an Optuna study over a sweep file (sweeps/)
     codec compare RUN_DIR...                  the phase comparison: tables and curves from run directories
+    codec listen RUN_DIR...                   one HTML page of audio examples and spectrograms, side by side
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ TOOLS = {
     "eval": "codec.evaluate",
     "sweep": "codec.sweep.command",
     "compare": "codec.compare",
+    "listen": "codec.listen",
 }
 
 

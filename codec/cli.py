@@ -9,6 +9,7 @@
     codec sweep SWEEP.yaml [-j N]             an Optuna study over a sweep file (sweeps/)
     codec compare RUN_DIR...                  the phase comparison: tables and curves from run directories
     codec reproduce [--steps N]               the reports' phases at real length, beside the reports' outcomes
+    codec listen RUN_DIR...                   one HTML page of audio examples and spectrograms, side by side
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ TOOLS = {
     "sweep": "codec.sweep.command",
     "compare": "codec.compare",
     "reproduce": "codec.reproduce.command",
+    "listen": "codec.listen",
 }
 
 

@@ -17,6 +17,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 
 from codec.callbacks import AmplitudeMonitor, CodebookMonitor, RunSummary, UsageConsistencyMonitor
+from codec.callbacks.audio_examples import AudioExamples
 from codec.data import AudioDataModule
 from codec.module import CodecModule
 
@@ -28,6 +29,7 @@ DIAGNOSTICS = {
     "codebook": CodebookMonitor,
     "usage": UsageConsistencyMonitor,
     "amplitude": AmplitudeMonitor,
+    "examples": AudioExamples,
     "summary": RunSummary,
 }
 

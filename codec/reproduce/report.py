@@ -11,8 +11,6 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from codec.diagnostics.replay import logged_step, replay
 from codec.diagnostics.verdict import Verdict, read_summary
 from codec.report import latest_version, read_metrics, series
@@ -68,13 +66,10 @@ class Observed:
 
 def observe(ph: Phase, root: Path, seconds: float | None = None) -> Observed:
     try:
-        run_dir = latest_version(root / ph.name)
-        rows = read_metrics(run_dir)
+        run = load_run(root / ph.name)
     except FileNotFoundError:
         return Observed(ph, None)
-    config_path = run_dir / "config.yaml"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    summary = read_summary(run_dir) or {}
+    run_dir, rows, config, summary = run.path, run.metrics, run.config, run.summary or {}
     key = RATIO_NO_DC if any(RATIO_NO_DC in r for r in rows) else RATIO
     levels = 0
     while any(VAL_PPL.format(levels) in r for r in rows):

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from codec.diagnostics.replay import logged_step, replay
-from codec.diagnostics.verdict import Verdict, read_summary
-from codec.report import latest_version, read_metrics, series
+from codec.diagnostics.verdict import Verdict
 from codec.reproduce.phases import Phase, phase
+from codec.runs import load_run, series
 
 RATIO = "val/audio/rms_ratio"
 RATIO_NO_DC = "val/audio/rms_ratio_no_dc"

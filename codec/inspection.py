@@ -67,6 +67,7 @@ class LevelFacts:
     value_min: float
     value_max: float
     input_scale: float | None  # EMA of the largest |input| the level saw in training (None: not stored)
+    rejected_updates: int  # codebook updates refused because their result was not finite
     init_abs_max: float  # max |value| of the initial codebook
     norm_mean: float
     distance_from_init: float  # mean ||c - c_init|| / max(mean ||c_init||, mean ||c||)
@@ -203,7 +204,8 @@ def level_facts(state_dict, prefix: str, level: int, active: bool, rule: Codeboo
         trained=level_trained(initialized, steps, book, init),
         codebook_size=size, codebook_dim=dim, used_codes=size - dead, dead_codes=dead, usage_perplexity=ppl,
         usage_total=usage_total, value_std=float(book.std()), value_min=float(book.min()),
-        value_max=float(book.max()), input_scale=measured_scale(get("input_scale")), init_abs_max=float(init.abs().max()),
+        value_max=float(book.max()), input_scale=measured_scale(get("input_scale")),
+        rejected_updates=int(get("rejected_updates")) if get("rejected_updates") is not None else 0, init_abs_max=float(init.abs().max()),
         norm_mean=float(book.norm(dim=1).mean()), distance_from_init=distance_from_init(book, init),
     )
 
@@ -321,7 +323,7 @@ def _judge(report: Report, q: QuantizerFacts, quantizer: str, schedule, step: in
         if f.active and f.input_scale is None and f.trained_steps >= rule.min_trained_steps:
             report.notes.append(f"{name}level {f.level}: no input_scale stored (an older checkpoint): drift not judged")
         state = LevelState(f.level, f.active, f.initialized, f.trained_steps, f.codebook_size, f.value_min,
-                           f.value_max, f.input_scale, f.dead_codes, reseeding)
+                           f.value_max, f.input_scale, f.dead_codes, reseeding, f.rejected_updates)
         report.verdicts += judge_level(state, at, rule, quantizer)
 
 

@@ -272,3 +272,8 @@ def test_a_verdict_line_points_to_the_shipped_failure_page():
     verdict = Verdict("F2", 10, "Q0 has 900/1024 dead codes", "re-seed", "codebook.dead_codes", "q0")
     assert verdict.line().endswith("(see docs/failure-modes.md#f2)")
     assert Verdict.from_dict({**verdict.to_dict(), "unknown": 1}) == verdict
+
+
+def test_a_refused_codebook_update_is_named_at_once():
+    (verdict,) = judge_level(state(rejected_updates=3, trained_steps=5), 40)
+    assert (verdict.failure, verdict.rule) == ("F3", "codebook.non_finite_update") and "refused 3" in verdict.message

@@ -173,7 +173,8 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
                     self.record(tracker.window(step, s.level, used, step - self._window_start + 1, active))
                 state = level_state(s.level, True, level.codebook, level.cluster_size, s.initialized,
                                     s.trained_steps, self._input_scale(name, s.level, level),
-                                    level.dead_code_threshold > 0 and level.init == "kmeans", self.codebook_rule)
+                                    level.dead_code_threshold > 0 and level.init == "kmeans", self.codebook_rule,
+                                    getattr(s, "rejected_updates", 0))
                 logs.update({f"{key}/{k}": v for k, v in s.scalars().items()
                              if k not in ("perplexity", "codes_used", "dead_codes")})
                 logs[f"{key}/dead_codes"] = float(state.dead_codes)

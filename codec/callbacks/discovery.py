@@ -15,5 +15,5 @@ def find_quantizers(module: nn.Module) -> list[tuple[str, ResidualVQ]]:
 def active_levels(rvq: ResidualVQ) -> int:
     """The levels a quantizer uses now, as a Python int (the `num_active` buffer may live on a GPU,
     where reading it every step would be a host sync; the quantizer keeps a host copy when it can)."""
-    cached = getattr(rvq, "active_count", None)
+    cached = getattr(rvq, "active_levels", None)
     return int(cached) if cached is not None else int(rvq.num_active)

@@ -36,6 +36,8 @@ DRIFT_REMEDY = ("normalise the quantizer input (normalization zscore / l2) or lo
                 "downstream (quantizer.post_scale)")
 DEAD_REMEDY_SEEDED = ("k-means init and re-seeding are already on, so this level's inputs do not spread over "
                       "its codes: try a smaller codebook_size, fewer levels or larger batches")
+NON_FINITE_REMEDY = ("the encoder output is diverging: lower the learning rate, clip gradients, check the input "
+                     "audio for NaN or huge values; the codebook kept its last finite state")
 DEAD_REMEDY = "initialise from data (quantizer.init: kmeans) and re-seed dead codes (quantizer.dead_code_threshold > 0)"
 
 
@@ -94,6 +96,7 @@ class LevelState:
     input_scale: float | None  # EMA of the largest |input| (None: not stored, e.g. an older checkpoint)
     dead_codes: int
     reseeding: bool            # dead-code replacement and k-means init are on
+    rejected_updates: int = 0  # codebook updates refused because their result was not finite
 
     @property
     def value_absmax(self) -> float:
@@ -102,10 +105,11 @@ class LevelState:
 
 def level_state(level: int, active: bool, codebook: torch.Tensor, cluster_size: torch.Tensor, initialized: bool,
                 trained_steps: int, input_scale: torch.Tensor | float | None, reseeding: bool,
-                rule: CodebookRule | None = None) -> LevelState:
+                rule: CodebookRule | None = None, rejected_updates: int = 0) -> LevelState:
     book = codebook.detach().float()
     return LevelState(level, active, bool(initialized), int(trained_steps), book.shape[0], float(book.min()),
-                      float(book.max()), measured_scale(input_scale), dead_code_count(cluster_size, rule), reseeding)
+                      float(book.max()), measured_scale(input_scale), dead_code_count(cluster_size, rule), reseeding,
+                      int(rejected_updates))
 
 
 def measured_scale(input_scale: torch.Tensor | float | None) -> float | None:
@@ -119,9 +123,14 @@ def judge_level(state: LevelState, step: int, rule: CodebookRule | None = None, 
     quantizer named `quantizer` ("" when the module holds one)."""
     rule = rule or CodebookRule()
     label, subject = level_label(quantizer, state.level), level_subject(quantizer, state.level)
-    if not (state.active and state.initialized) or state.trained_steps < rule.min_trained_steps:
-        return []
     verdicts = []
+    if state.rejected_updates > 0:  # whatever the step: a refused update means the inputs blew up
+        verdicts.append(Verdict(
+            "F3", step, f"{label} refused {state.rejected_updates} codebook updates whose result was not finite: "
+            "its inputs reached values whose squares or sums overflow", NON_FINITE_REMEDY, "codebook.non_finite_update",
+            subject, {"rejected_updates": state.rejected_updates}))
+    if not (state.active and state.initialized) or state.trained_steps < rule.min_trained_steps:
+        return verdicts
     if state.input_scale is not None and state.value_absmax > rule.drift_factor * state.input_scale:
         verdicts.append(Verdict(
             "F2", step, f"{label} codebook values span [{state.value_min:.3g}, {state.value_max:.3g}], "

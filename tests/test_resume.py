@@ -1,0 +1,68 @@
+"""Resuming: one run directory holds the whole history, the data order and the metrics continue as if
+the run had never stopped; checkpoints are written atomically; metrics.csv exists whatever happens."""
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from codec.cli import main
+
+from helpers import CONF, TINY
+
+# The monitors stay out: they file their validation rows by their own rule (codec/callbacks/log_now.py).
+RUN = [*TINY, "--trainer.val_check_interval=5", "--run.checkpoint_every=5", "--run.diagnostics=false",
+       "--trainer.callbacks+=batch_recorder.BatchRecorder"]
+
+
+def fit(root: Path, *args: str) -> None:
+    main(["fit", "-c", str(CONF / "phase_1.yaml"), *RUN, f"--run.root={root}", *args])
+
+
+def rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "metrics.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def by_step_and_keys(table: list[dict]) -> dict:
+    out = {}
+    for row in table:
+        key = (int(row["step"]), tuple(sorted(k for k in row if k not in ("step", "epoch"))))
+        assert key not in out, f"row {key[0]} logged twice"
+        out[key] = row
+    return out
+
+
+def test_a_resumed_run_continues_its_directory_data_order_and_metrics(tmp_path):
+    fit(tmp_path / "straight", "--trainer.max_steps=10")
+    fit(tmp_path / "halves", "--trainer.max_steps=5")
+    first = tmp_path / "halves" / "phase_1" / "version_0"
+    assert torch.load(first / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 5
+    fit(tmp_path / "halves", "--trainer.max_steps=10", f"--ckpt_path={first / 'checkpoints' / 'last.ckpt'}")
+
+    assert [p.name for p in (tmp_path / "halves" / "phase_1").iterdir()] == ["version_0"]  # one directory
+    straight = tmp_path / "straight" / "phase_1" / "version_0"
+    assert (first / "batches.txt").read_text() == (straight / "batches.txt").read_text()  # the same batches
+    assert len((first / "batches.txt").read_text().splitlines()) == 10
+
+    expected, resumed = by_step_and_keys(rows(straight)), by_step_and_keys(rows(first))
+    assert resumed.keys() == expected.keys()
+    for key, row in expected.items():
+        for name, value in row.items():
+            assert math.isclose(resumed[key][name], value, rel_tol=1e-4, abs_tol=1e-5), (key[0], name)
+    validated = sorted({step for (step, keys) in expected if "val/audio/snr_db" in keys})
+    assert validated == [0, 5, 10]  # at the start, every interval and at the end
+
+
+def test_a_resumed_run_drops_the_rows_it_will_train_again(tmp_path):
+    """A run killed after its checkpoint (steps 6..7 logged, checkpoint at 5) resumes with steps 6..7 once."""
+    fit(tmp_path, "--trainer.max_steps=8", "--trainer.val_check_interval=4")
+    run_dir = tmp_path / "phase_1" / "version_0"
+    step_5 = run_dir / "checkpoints" / "epoch=1-step=5.ckpt"
+    assert step_5.is_file()
+    fit(tmp_path, "--trainer.max_steps=8", "--trainer.val_check_interval=4", f"--ckpt_path={step_5}")
+    table = rows(run_dir)
+    assert sorted(int(r["step"]) for r in table if "train/loss/total" in r) == list(range(8))
+    assert [p.name for p in (tmp_path / "phase_1").iterdir()] == ["version_0"]

@@ -66,3 +66,74 @@ def test_a_resumed_run_drops_the_rows_it_will_train_again(tmp_path):
     table = rows(run_dir)
     assert sorted(int(r["step"]) for r in table if "train/loss/total" in r) == list(range(8))
     assert [p.name for p in (tmp_path / "phase_1").iterdir()] == ["version_0"]
+
+
+# --- checkpoints written atomically --------------------------------------------------------------
+
+
+def test_an_interrupted_checkpoint_save_leaves_the_previous_one_intact_whatever_tmpdir_is(tmp_path, monkeypatch):
+    from codec.atomic_checkpoint import AtomicCheckpointIO
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "elsewhere"))  # another folder (a tmpfs, in the report)
+    (tmp_path / "elsewhere").mkdir()
+    target = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"global_step": 5, "weights": torch.ones(1000)}, target)
+    before = target.read_bytes()
+
+    real_save = torch.save
+
+    def save_half_then_die(obj, file, *args, **kwargs):
+        file.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the process is interrupted mid-write
+
+    monkeypatch.setattr(torch, "save", save_half_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"global_step": 10, "weights": torch.zeros(1000)}, target)
+    monkeypatch.setattr(torch, "save", real_save)
+
+    assert target.read_bytes() == before
+    assert torch.load(target, weights_only=True)["global_step"] == 5
+    assert sorted(p.name for p in target.parent.iterdir()) == ["last.ckpt"]  # no temporary file left
+    assert not any((tmp_path / "elsewhere").iterdir())  # nothing staged in $TMPDIR
+
+    renames = []
+    monkeypatch.setattr("os.replace", lambda src, dst: renames.append((Path(src), Path(dst))) or
+                        Path(src).rename(dst))
+    io.save_checkpoint({"global_step": 10}, target)
+    [(source, destination)] = renames
+    assert source.parent == target.parent and destination == target  # written beside it, then renamed
+    assert torch.load(target, weights_only=True)["global_step"] == 10
+
+
+def test_the_cli_saves_checkpoints_through_the_atomic_writer(tmp_path):
+    from codec.atomic_checkpoint import AtomicCheckpointIO
+    from codec.cli import CodecCLI
+
+    cli = CodecCLI(args=["-c", str(CONF / "phase_1.yaml"), *TINY, f"--run.root={tmp_path}"], run=False)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+
+# --- metrics.csv whatever happens ----------------------------------------------------------------
+
+
+def test_a_run_that_fails_before_its_first_log_still_leaves_metrics_csv(tmp_path, monkeypatch):
+    from codec.module import CodecModule
+
+    def fail(self, batch, batch_idx):
+        raise RuntimeError("boom at the first step")
+
+    monkeypatch.setattr(CodecModule, "training_step", fail)
+    with pytest.raises(RuntimeError, match="boom"):
+        fit(tmp_path, "--trainer.max_steps=3", "--validation.at_start=false")
+    run_dir = tmp_path / "phase_1" / "version_0"
+    assert (run_dir / "metrics.csv").is_file()
+    assert rows(run_dir) == []
+
+
+def test_a_fresh_run_does_not_warn_that_its_logs_will_be_deleted(tmp_path, recwarn, capsys):
+    fit(tmp_path, "--trainer.max_steps=2", "--run.wandb=true")  # wandb/ and config.yaml come first
+    said = " ".join(str(w.message) for w in recwarn) + " ".join(capsys.readouterr())
+    assert "will be deleted" not in said
+    run_dir = tmp_path / "phase_1" / "version_0"
+    assert {int(r["step"]) for r in rows(run_dir) if "train/loss/total" in r} == {0, 1}

@@ -31,19 +31,21 @@ class ValidateAtStartAndEnd(L.Callback):
         self.at_start = at_start
         self.at_end = at_end
         self._logged_batches: int | None = None
+        self._start_pending = False
         self.validating_at_start = False  # true during the start validation (monitors may treat it as a baseline)
 
     def on_train_start(self, trainer, pl_module) -> None:
-        if not self.at_start or not _validation_enabled(trainer):
+        self._start_pending = self.at_start and _validation_enabled(trainer)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Run from the first batch, not from on_train_start: by then a resumed fit has finished restoring
+        # its loops (a validation run earlier left a resumed epoch without batches).
+        if not self._start_pending:
             return
+        self._start_pending = False
         loop = trainer.fit_loop.epoch_loop
-        # A resumed fit restores the validation loop's progress from the checkpoint, which would make it
-        # "finish" a validation from the middle: this one runs whole.
-        loop.val_loop.restarting = False
-        loop.val_loop.batch_progress.reset_on_run()
-        trainer.training = False
+        first_loop_iter = trainer._logger_connector._first_loop_iter  # as Lightning's own mid-epoch validation
         trainer.validating = True
-        first_loop_iter = trainer._logger_connector._first_loop_iter
         self.validating_at_start = True
         try:
             loop.val_loop.run()

@@ -77,3 +77,9 @@ class ValidateAtStartAndEnd(L.Callback):
 def _validation_enabled(trainer) -> bool:
     """The fit validates at all (the validation loop itself skips when there is no validation data)."""
     return trainer.limit_val_batches != 0 and is_overridden("validation_step", trainer.lightning_module)
+
+
+def is_start_validation(trainer) -> bool:
+    """Whether the validation running now is the one that opens a fit (step 0, or a resumed fit's
+    checkpoint step): a baseline that monitors may record without judging."""
+    return any(getattr(callback, "validating_at_start", False) for callback in trainer.callbacks)

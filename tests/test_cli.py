@@ -291,3 +291,21 @@ def test_decode_keeps_the_inputs_sample_format_unless_asked(tmp_path):
     with pytest.raises(SystemExit) as done:
         main(["decode", str(ckpt), str(codes), str(tmp_path / "bad.wav"), "--subtype", "VORBIS"])
     assert done.value.code == 2
+
+
+def test_monitors_can_tell_the_start_validation_from_the_others(tmp_path):
+    import lightning as L
+
+    from codec.validation_schedule import is_start_validation
+
+    seen = []
+
+    class Watch(L.Callback):
+        def on_validation_end(self, trainer, pl_module):
+            seen.append((trainer.global_step, is_start_validation(trainer)))
+
+    cli = CodecCLI(args=["-c", str(CONF / "phase_1.yaml"), *TINY, f"--run.root={tmp_path}", "--trainer.max_steps=4",
+                         "--trainer.val_check_interval=2", "--run.diagnostics=false"], run=False)
+    cli.trainer.callbacks.append(Watch())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert seen == [(0, True), (2, False), (4, False)]

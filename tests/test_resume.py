@@ -137,3 +137,15 @@ def test_a_fresh_run_does_not_warn_that_its_logs_will_be_deleted(tmp_path, recwa
     assert "will be deleted" not in said
     run_dir = tmp_path / "phase_1" / "version_0"
     assert {int(r["step"]) for r in rows(run_dir) if "train/loss/total" in r} == {0, 1}
+
+
+def test_the_resumed_run_directory_and_wandb_id_come_from_the_checkpoint_path(tmp_path):
+    from codec.resume import run_directory_of, wandb_run_id
+
+    run_dir = tmp_path / "phase_b" / "version_3"
+    assert run_directory_of(run_dir / "checkpoints" / "last.ckpt") == run_dir
+    assert run_directory_of(tmp_path / "elsewhere" / "model.ckpt") is None
+    assert wandb_run_id(run_dir) is None
+    for name in ("offline-run-20260101_120000-abc123", "offline-run-20260102_080000-def456"):
+        (run_dir / "wandb" / name).mkdir(parents=True)
+    assert wandb_run_id(run_dir) == "def456"  # the newest

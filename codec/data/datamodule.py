@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -175,3 +176,6 @@ class AudioDataModule(L.LightningDataModule):
     def load_state_dict(self, state: dict) -> None:
         if state:
             self._resume_position = {"epoch": int(state["epoch"]), "consumed": int(state["consumed"])}
+            # Lightning asks the DataLoader itself to be stateful and otherwise warns that resuming
+            # mid-epoch is unreliable; here the position travels in this data module's state instead.
+            warnings.filterwarnings("ignore", message=".*resuming from a checkpoint that ended before the epoch ended")

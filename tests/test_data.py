@@ -505,3 +505,17 @@ def test_random_crops_are_a_function_of_the_draw_in_any_process(tmp_path):
     assert not torch.equal(in_main[0], in_main[1])
     in_workers = torch.cat(list(DataLoader(data, batch_size=2, sampler=sampler, num_workers=2)))
     assert torch.equal(in_workers, in_main)
+
+
+def test_validation_files_that_go_bad_after_setup_give_silent_items_and_a_loud_warning(tmp_path):
+    sf.write(tmp_path / "only.flac", sine(300, 3.0, SR), SR)
+    from codec.data.folder import scan_folder
+
+    files = scan_folder(tmp_path).readable
+    data = AudioFolder(files=files, split="val", random_crop=False, items_per_epoch=6)
+    assert data.check_fixed_crops() == [] and len(data) == 6  # crops tile the whole file
+    corrupt_flac(tmp_path / "only.flac")  # replaced on disk mid-run by a file corrupt in the middle
+    with pytest.warns(SkippedAudioWarning, match="EVERY validation file"):
+        [data[i] for i in range(len(data))]
+    assert [p.name for p, _ in data.bad.skipped()] == ["only.flac"]
+    assert all(data[i].shape == (1, S) and not data[i].any() for i in range(len(data)))  # the run goes on

@@ -148,8 +148,6 @@ def hash_split(files: list[AudioFile], val_fraction: float, seed: int = 0) -> di
     }
 
 
-split_files = hash_split  # the name earlier code imports
-
 
 class AudioFolder(Dataset):
     """Mono (1, S) float32 crops of audio files, S = sample_rate * segment_seconds.

@@ -24,7 +24,8 @@ $(BENCH_STAMP): $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# Short phase_1 and phase_b runs on the embedded data, then the reports' comparison, generated.
+# Short phase_1 and phase_b runs on the embedded data, then the reports' comparison, generated:
+# compare.md, curves and listen.html (audio examples and spectrograms) in $(DEMO_ROOT)/compare/.
 DEMO_STEPS ?= 300
 DEMO_ROOT ?= runs/demo
 DEMO_ARGS = --trainer.max_steps=$(DEMO_STEPS) --trainer.val_check_interval=100 --run.root=$(DEMO_ROOT) \
@@ -32,13 +33,14 @@ DEMO_ARGS = --trainer.max_steps=$(DEMO_STEPS) --trainer.val_check_interval=100 -
 demo: $(STAMP)
 	$(VENV)/bin/codec fit -c conf/phase_1.yaml $(DEMO_ARGS)
 	$(VENV)/bin/codec fit -c conf/phase_b.yaml $(DEMO_ARGS)
-	$(PY) -m codec.report $(DEMO_ROOT)/phase_1 $(DEMO_ROOT)/phase_b
 	$(VENV)/bin/codec compare $(DEMO_ROOT)/phase_1 $(DEMO_ROOT)/phase_b --out $(DEMO_ROOT)/compare
 
 # An Optuna ablation study from sweeps/$(ABLATION).yaml; re-running resumes it (storage under runs/sweeps/).
-# TRIALS= and STEPS= shorten it, JOBS= runs worker processes: make sweep ABLATION=normalization TRIALS=2 STEPS=100
+# TRIALS= and STEPS= shorten it, SEEDS= replicates each arm, JOBS= runs worker processes:
+# make sweep ABLATION=normalization TRIALS=2 STEPS=100 SEEDS=3
 ABLATION ?= normalization
-SWEEP_ARGS = $(if $(TRIALS),--trials=$(TRIALS)) $(if $(STEPS),--steps=$(STEPS)) $(if $(JOBS),--jobs=$(JOBS))
+SWEEP_ARGS = $(if $(TRIALS),--trials=$(TRIALS)) $(if $(STEPS),--steps=$(STEPS)) $(if $(SEEDS),--seeds=$(SEEDS)) \
+	$(if $(JOBS),--jobs=$(JOBS))
 sweep: $(STAMP)
 	$(VENV)/bin/codec sweep sweeps/$(ABLATION).yaml $(SWEEP_ARGS)
 

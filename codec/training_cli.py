@@ -29,6 +29,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 
 from codec.atomic_checkpoint import AtomicCheckpointIO
 from codec.callbacks import AmplitudeMonitor, CodebookMonitor, RunSummary, UsageConsistencyMonitor
+from codec.callbacks.audio_examples import AudioExamples
 from codec.data import AudioDataModule
 from codec.metrics_csv import RunCSVLogger
 from codec.module import CodecModule
@@ -43,6 +44,7 @@ DIAGNOSTICS = {
     "codebook": CodebookMonitor,
     "usage": UsageConsistencyMonitor,
     "amplitude": AmplitudeMonitor,
+    "examples": AudioExamples,
     "summary": RunSummary,
 }
 

@@ -14,7 +14,7 @@ import yaml
 
 from codec.callbacks import ProgressiveRVQ
 from codec.cli import CodecCLI, main
-from codec.report import read_metrics
+from codec.runs import read_metrics
 
 from helpers import CONF, TINY
 

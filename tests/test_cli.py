@@ -249,10 +249,10 @@ def test_codec_help_lists_every_subcommand(capsys):
 def test_a_tool_given_as_a_bare_module_is_listed_with_its_docstring(monkeypatch, capsys):
     from codec import cli
 
-    monkeypatch.setitem(cli.TOOLS, "report", "codec.report")  # the one-line way to add a tool
+    monkeypatch.setitem(cli.TOOLS, "health", "codec.inspection")  # the one-line way to add a tool
     with pytest.raises(SystemExit):
         main(["-h"])
-    [line] = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["report"]]
+    [line] = [line for line in capsys.readouterr().out.splitlines() if line.split()[:1] == ["health"]]
     assert len(line.split()) > 1  # the module docstring's first line
 
 

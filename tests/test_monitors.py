@@ -147,9 +147,9 @@ def fit_with(tmp_path, phase: str, *extra_callbacks, overrides=()):
 
 def test_planted_amplitude_collapse_is_declared_within_patience_and_stops_the_run(tmp_path, capsys):
     trainer_, monitor = fit_with(tmp_path, "phase_a", ShrinkOutput())
-    ratios = [ratio for _, ratio in monitor.history]
+    steps, ratios = zip(*monitor.history, strict=True)
     first_below = next(i for i, r in enumerate(ratios) if r < monitor.threshold)
-    assert monitor.collapsed_at_step == 2 * (first_below + 2)  # the second low validation in a row
+    assert monitor.collapsed_at_step == steps[first_below + 1]  # the second low validation in a row
     assert trainer_.global_step == monitor.collapsed_at_step < 30  # stopped there
     assert failures(monitor) == ["F3", "F4"]  # phase_a has final_conv + post_scale between RVQ and out_proj
     assert "out_proj" in monitor.verdicts[1].message

@@ -114,7 +114,7 @@ def test_codebook_monitor_names_an_active_level_stuck_on_one_code_and_a_drifted_
     assert healthy.verdicts == []
     rows = read_metrics(next((tmp_path / "healthy").rglob("metrics.csv")).parent)
     used = series(rows, "train/codebook/q0/window_codes_used")
-    assert [step for step, _ in used] == [3, 7, 11]  # one report per window, on the window's last step
+    assert [step for step, _ in used] == [4, 8, 12]  # one report per window, filed at the step it ends
     assert all(value >= 2 for _, value in used)
 
 
@@ -170,7 +170,7 @@ def test_a_progressive_schedule_raises_no_f1_at_its_activations(tmp_path):
     summary = read_summary(next(tmp_path.rglob("summary.json")).parent)
     assert summary["status"] == "finished" and summary["verdicts"] == [], summary["verdicts"]
     rows = read_metrics(next(tmp_path.rglob("metrics.csv")).parent)
-    assert series(rows, "train/codebook/q3/active_since")[0][1] == 46  # switched on after step 45
+    assert series(rows, "train/codebook/q3/active_since")[0][1] == 46  # first trained in step 46
 
 
 def test_progressive_buffer_and_callback_agree_at_every_logged_step(tmp_path):
@@ -255,9 +255,9 @@ def fit_with(tmp_path, phase: str, *extra_callbacks, overrides=()):
 
 def test_planted_amplitude_collapse_is_declared_within_patience_and_stops_the_run(tmp_path, capsys):
     trainer_, monitor = fit_with(tmp_path, "phase_a", ShrinkOutput())
-    ratios = [ratio for _, ratio in monitor.history]
+    steps, ratios = zip(*monitor.history, strict=True)
     first_below = next(i for i, r in enumerate(ratios) if r < monitor.threshold)
-    assert monitor.collapsed_at_step == 2 * (first_below + 2)  # the second low validation in a row
+    assert monitor.collapsed_at_step == steps[first_below + 1]  # the second low validation in a row
     assert trainer_.global_step == monitor.collapsed_at_step < 30  # stopped there
     assert failures(monitor) == ["F3", "F4"]  # phase_a has final_conv + post_scale between RVQ and out_proj
     assert "out_proj" in monitor.verdicts[1].message

@@ -29,6 +29,7 @@ from codec.callbacks.distributed import any_rank, reduce_mean
 from codec.callbacks.log_now import log_now
 from codec.diagnostics.amplitude import AmplitudeRule, AmplitudeTracker, StepAmplitude
 from codec.diagnostics.verdict import Verdict
+from codec.validation_schedule import is_start_validation
 
 MODES = ("warn", "stop")
 _RULE = AmplitudeRule()
@@ -136,7 +137,9 @@ class AmplitudeMonitor(L.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
                    if k.startswith(("val/audio/", "train/loss/")) and _is_number(v)}
         metrics.update(norms)
-        self._record(trainer, self.tracker.observe(trainer.global_step, metrics))
+        # The validation that opens a fit (step 0, or a resumed fit redoing its checkpoint's) is a baseline.
+        step = 0 if is_start_validation(trainer) else trainer.global_step
+        self._record(trainer, self.tracker.observe(step, metrics))
         streaks = self.tracker.streaks
         log_now(trainer, {"val/health/rms_collapse_count": float(streaks["collapse"].count),
                           "val/health/rms_explosion_count": float(streaks["explosion"].count),

@@ -28,6 +28,7 @@ from codec.callbacks.verdict import KeepsVerdicts
 from codec.diagnostics.codebook import CodebookRule, judge_level, level_state, usage_perplexity
 from codec.diagnostics.usage import StepUsage, UsageRule, UsageTracker, perplexities
 from codec.quantize.stats import perplexity
+from codec.validation_schedule import is_start_validation
 
 _USAGE, _BOOK = UsageRule(), CodebookRule()
 
@@ -220,6 +221,7 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
         if trainer.sanity_checking or not self._val:
             return
         step = trainer.global_step
+        opening = is_start_validation(trainer)  # a baseline: logged, not judged
         logs = {}
         for name, counts in self._val.items():
             ppl, rows, _ = perplexities(reduce_sum(trainer, counts))
@@ -229,7 +231,8 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
                 logs[f"val/codebook/{prefix}q{level}/perplexity"] = p
                 logs[f"val/codebook/{prefix}q{level}/rows"] = n
                 activated = self._activated.get(name, {}).get(level)
-                if step > 0 and activated is not None and activated + self.usage_rule.grace_steps <= step:
+                if not opening and step > 0 and activated is not None and \
+                        activated + self.usage_rule.grace_steps <= step:
                     self.record(tracker.validation(step, level, p, n))
         self._val = {}
         log_now(trainer, logs)

@@ -35,6 +35,7 @@ from codec.callbacks.verdict import KeepsVerdicts
 from codec.diagnostics.consistency import ConsistencyRule, judge_modes
 from codec.quantize.modes import side_effect_free
 from codec.quantize.stats import perplexity
+from codec.validation_schedule import is_start_validation
 
 
 class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
@@ -81,7 +82,7 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self._batches:
             return
-        if trainer.global_step == 0:  # the validation before training: codebooks not initialised yet
+        if trainer.global_step == 0 or is_start_validation(trainer):  # a baseline (codebooks may not be initialised)
             self._batches, self._eval_codes = [], None
             return
         device = pl_module.device

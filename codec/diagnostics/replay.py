@@ -25,9 +25,11 @@ _LEVEL = re.compile(r"^(train|val)/(codebook|usage)/q(\d+)/(.+)$")
 
 
 def logged_step(csv_step: int) -> int:
-    """The global step a metrics.csv row stands for: Lightning files what happens after step N's
-    update under row N - 1 (`codec.callbacks.log_now` does the same), verdicts name step N."""
-    return int(csv_step) + 1
+    """The global step a metrics.csv row stands for: a row's step is the number of optimizer steps
+    the model had taken when the value was measured (codec/validation_schedule.py), so what a
+    monitor measured after step N's update, and the validation that followed it, are at N: the
+    step the verdicts name."""
+    return int(csv_step)
 
 
 def steps_in_order(rows: Iterable[Mapping[str, float]]) -> list[tuple[int, dict[str, float]]]:
@@ -112,7 +114,7 @@ def replay(rows: Iterable[Mapping[str, float]], config: Mapping[str, Any] | None
         for (stage, group, level), logged in sorted(levels.items()):
             if (stage, group) == ("val", "codebook") and "perplexity" in logged and "rows" in logged:
                 since = active_since.get(level)
-                if step > 1 and since is not None and since + usage_rule.grace_steps <= step:
+                if step > 0 and since is not None and since + usage_rule.grace_steps <= step:
                     verdicts += usage.validation(step, level, logged["perplexity"], logged["rows"])
             if (stage, group) == ("val", "usage") and "perplexity_eval_mode" in logged and level not in seen_f7:
                 verdict = judge_modes(step, level, logged, consistency_rule)

@@ -23,7 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.functional.audio import scale_invariant_signal_distortion_ratio, signal_noise_ratio
+from torchmetrics.functional.audio import (
+    scale_invariant_signal_distortion_ratio,
+    signal_noise_ratio,
+)
 
 from codec.losses import MultiBandRMSLoss, MultiScaleMelLoss
 from codec.quantize.stats import perplexity, usage_entropy_bits

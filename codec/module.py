@@ -26,7 +26,12 @@ from dataclasses import asdict
 import lightning as L
 import torch
 
-from codec.adversarial import AdversarialConfig, discriminator_loss, feature_matching_loss, generator_loss
+from codec.adversarial import (
+    AdversarialConfig,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+)
 from codec.losses import LossConfig, ReconstructionLoss, vq_weight
 from codec.lr_schedule import WarmupExponentialLR
 from codec.metrics import AudioMetrics, CodeUsage

@@ -5,7 +5,12 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from codec.adversarial import AdversarialConfig, discriminator_loss, feature_matching_loss, generator_loss
+from codec.adversarial import (
+    AdversarialConfig,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+)
 from codec.cli import CodecCLI
 from codec.lr_schedule import WarmupExponentialLR
 from codec.model import QuantizerConfig, StructureConfig

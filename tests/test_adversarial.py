@@ -138,3 +138,22 @@ def test_cli_optimizer_and_schedule_drive_the_codec_per_step_in_both_modes(tmp_p
         # after 4 steps of an 8-step warm-up to 0.004: the schedule stepped per step, not per epoch
         assert codec_opt.param_groups[0]["lr"] == pytest.approx(0.004 * 5 / 8)
         assert cli.trainer.global_step == 4
+
+
+def test_a_resumed_adversarial_run_continues_both_optimizers(tmp_path):
+    data = DataLoader(torch.randn(64, 1, 4000) * 0.1, batch_size=4)
+
+    def trainer(steps):
+        return L.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", limit_val_batches=0, default_root_dir=tmp_path,
+                         callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+
+    torch.manual_seed(0)
+    trainer(4).fit(small_module(warmup_steps=2), data)
+    resumed = trainer(6)
+    resumed.fit(small_module(warmup_steps=2), data, ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.global_step == 6
+    codec_opt, disc_opt = resumed.optimizers
+    first = next(iter(disc_opt.state.values()))
+    assert next(iter(codec_opt.state.values()))["step"] == 6 and first["step"] == 4  # 2 + 2 after warm-up
+    assert disc_opt.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.999996 ** 4)

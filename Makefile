@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 export WANDB_MODE ?= offline
 
-.PHONY: venv test demo bench lint clean sweep
+.PHONY: venv test demo bench lint clean sweep speech
 
 venv: $(STAMP)
 
@@ -43,6 +43,12 @@ SWEEP_ARGS = $(if $(TRIALS),--trials=$(TRIALS)) $(if $(STEPS),--steps=$(STEPS)) 
 	$(if $(JOBS),--jobs=$(JOBS))
 sweep: $(STAMP)
 	$(VENV)/bin/codec sweep sweeps/$(ABLATION).yaml $(SWEEP_ARGS)
+
+# A folder of speech to train on: espeak-ng in 8 voices + the alsa-utils recordings (scripts/make_speech.sh).
+# make speech SPEECH_DIR=data/speech; then codec fit -c conf/phase_b.yaml --data.data_dir=data/speech
+SPEECH_DIR ?= data/speech
+speech:
+	scripts/make_speech.sh $(SPEECH_DIR)
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/quantizer.py

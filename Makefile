@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
 export WANDB_MODE ?= offline
 
-.PHONY: venv test demo bench lint clean sweep reproduce
+.PHONY: venv test demo bench lint clean sweep reproduce speech
 
 venv: $(STAMP)
 
@@ -48,6 +48,12 @@ sweep: $(STAMP)
 # STEPS= (default 6000 on a GPU, 3000 on CPU), PHASES=phase_1,phase_b and JOBS= shorten or shape it.
 reproduce: $(STAMP)
 	$(VENV)/bin/codec reproduce $(if $(STEPS),--steps=$(STEPS)) $(if $(PHASES),--phases=$(PHASES)) $(if $(JOBS),--jobs=$(JOBS))
+
+# A folder of speech to train on: espeak-ng in 8 voices + the alsa-utils recordings (scripts/make_speech.sh).
+# make speech SPEECH_DIR=data/speech; then codec fit -c conf/phase_b.yaml --data.data_dir=data/speech
+SPEECH_DIR ?= data/speech
+speech:
+	scripts/make_speech.sh $(SPEECH_DIR)
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/quantizer.py

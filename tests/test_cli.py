@@ -20,13 +20,15 @@ from helpers import CONF, TINY
 
 PHASES = ["phase_1", "phase_2a", "phase_a", "phase_a_v2", "phase_b"]
 
-# The loss column of the phase table in failure-modes.md (RVQ losses are always on).
+# The loss column of the phase table in failure-modes.md (RVQ losses are always on), on top of the
+# shared recipe's mel and loudness losses (conf/defaults.yaml, issue 10).
+RECIPE = {"mel", "loudness"}
 PHASE_LOSSES = {
-    "phase_1": {"stft", "l1"},
-    "phase_2a": {"stft", "l1", "frame_rms"},
-    "phase_a": {"stft", "l1", "frame_rms", "multiband_rms"},
-    "phase_a_v2": {"stft", "l1", "frame_rms", "multiband_rms", "abs_rms", "scale_anchor", "norm_reg"},
-    "phase_b": {"stft", "l1"},
+    "phase_1": RECIPE | {"stft", "l1"},
+    "phase_2a": RECIPE | {"stft", "l1", "frame_rms"},
+    "phase_a": RECIPE | {"stft", "l1", "frame_rms", "multiband_rms"},
+    "phase_a_v2": RECIPE | {"stft", "l1", "frame_rms", "multiband_rms", "abs_rms", "scale_anchor", "norm_reg"},
+    "phase_b": RECIPE | {"stft", "l1"},
 }
 
 

@@ -248,9 +248,9 @@ def test_sweeps_started_together_create_the_storage_once_and_never_take_a_trial_
 def test_storage_creation_retries_when_another_process_made_the_tables_first(tmp_path, monkeypatch):
     from sqlalchemy.exc import IntegrityError
 
-    from codec.sweep import study
+    from codec.sweep import storage
 
-    calls, real = [], study.RDBStorage
+    calls, real = [], storage.RDBStorage
 
     def racing(*args, **kwargs):  # as PostgreSQL answers the loser of the race
         calls.append(1)
@@ -258,8 +258,8 @@ def test_storage_creation_retries_when_another_process_made_the_tables_first(tmp
             raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(study, "RDBStorage", racing)
-    assert study.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}") is not None and len(calls) == 2
+    monkeypatch.setattr(storage, "RDBStorage", racing)
+    assert storage.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}") is not None and len(calls) == 2
 
 
 def test_each_trial_is_its_own_wandb_run_grouped_by_sweep_and_tagged_by_arm(tmp_path, monkeypatch):

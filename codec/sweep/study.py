@@ -38,7 +38,7 @@ from codec.sweep import arms
 from codec.sweep.config import Sweep, SweepFileError
 from codec.sweep.storage import display_url, open_storage, storage_file, storage_lock
 
-POLL_S = 5.0  # how often a worker with nothing to run looks for trials of dead workers to re-run
+POLL_S = 5.0  # how often (at most) a worker with nothing to run looks for dead workers' trials
 
 
 class NoStudyError(LookupError):
@@ -202,10 +202,10 @@ def work_left(study: optuna.Study, sweep: Sweep) -> int:
     return waiting + arms.arms_to_sample(sweep, trials) * sweep.seeds
 
 
-def wait_for_work(study: optuna.Study, sweep: Sweep, poll: float = POLL_S) -> bool:
+def wait_for_work(study: optuna.Study, sweep: Sweep) -> bool:
     """True as soon as there is a trial to run; False once the study owes nothing and no trial runs
-    anywhere. Meanwhile, every `poll` seconds, dead workers' trials are failed and queued again."""
-    told = False
+    anywhere. Meanwhile, every few seconds, dead workers' trials are failed and queued again."""
+    poll, told = min(POLL_S, sweep.heartbeat), False
     while True:
         dead, _ = recover(study, sweep)
         if dead:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -371,9 +372,10 @@ def test_a_worker_killed_mid_trial_is_rerun_by_the_other_worker_of_the_same_comm
     marker = tmp_path / "worker.pid"
     env = {**os.environ, "CODEC_TEST_MARKER": str(marker), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    # A 10-minute heartbeat: only the dead-pid check can fail the killed worker's trial in time.
     process = subprocess.Popen([sys.executable, "-m", "codec.cli", "sweep", str(path), f"--root={tmp_path}",
-                                "--no-wandb", "-j", "2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
+                                "--no-wandb", "-j", "2", "--heartbeat=600"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
     try:
         worker = wait_for(marker, process)
         assert worker != process.pid  # one of the command's two worker processes
@@ -386,13 +388,34 @@ def test_a_worker_killed_mid_trial_is_rerun_by_the_other_worker_of_the_same_comm
     # The other worker saw the dead pid, failed the trial, queued it again and ran it: the command
     # ends complete, and says what happened.
     assert process.returncode == 0, output
-    assert "trial(s) 1 of dead workers failed and queued again" in output and "re-ran its trial" in output
+    assert "interrupted trial(s) 1 queued again" in output and "re-ran its trial" in output
     trials = load(tmp_path, "tiny_sweep").trials
     complete = sorted(t.params["model.quantizer.normalization"] for t in trials if t.state == TrialState.COMPLETE)
     assert complete == ["l2", "none", "zscore"]
     (zombie,) = [t for t in trials if t.state == TrialState.FAIL]
     (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == zombie.number]
     assert zombie.number == 1 and retry.state == TrialState.COMPLETE and retry.params == zombie.params
+
+
+def test_a_killed_worker_is_dead_before_it_is_reaped_and_only_on_its_own_machine():
+    import psutil
+
+    from codec.sweep.study import is_orphaned, this_machine
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        identity = {**this_machine(), "pid": child.pid, "started": psutil.Process(child.pid).create_time()}
+        running = SimpleNamespace(state=TrialState.RUNNING, user_attrs={"worker": identity})
+        assert not is_orphaned(running)
+        child.kill()
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:  # a -j worker its command has not joined
+            time.sleep(0.05)
+        assert is_orphaned(running)
+        elsewhere = {**identity, "host": "another-machine"}  # only Optuna's heartbeat can judge those
+        assert not is_orphaned(SimpleNamespace(state=TrialState.RUNNING, user_attrs={"worker": elsewhere}))
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_a_sampled_sweep_queues_each_new_arm_s_other_seeds_once(tmp_path):

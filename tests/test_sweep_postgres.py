@@ -128,7 +128,7 @@ def test_a_worker_killed_mid_trial_on_another_machine_is_rerun_once_and_the_stud
                 process.communicate()
     # The live worker failed the silent trial by heartbeat, queued it again and ran it: every
     # (arm, seed) complete exactly once, nothing left running or queued.
-    assert f"trial(s) {zombie.number} of dead workers failed and queued again" in output
+    assert f"interrupted trial(s) {zombie.number} queued again" in output
     trials = trials_of(database)
     print("after the live worker:", Counter(t.state.name for t in trials))
     expected = Counter({(n, s): 1 for n in ("none", "zscore") for s in (0, 1)})

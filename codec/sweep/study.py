@@ -139,14 +139,16 @@ def on_this_machine(trial) -> bool:
 
 def is_orphaned(trial) -> bool:
     """A RUNNING trial whose worker ran on this machine and is no longer alive (a pid reused by
-    another process has another start time)."""
+    another process has another start time; a killed `-j` worker stays a zombie until its command
+    reaps it, which it may do only after the other workers end)."""
     import psutil
 
     if trial.state != TrialState.RUNNING or not on_this_machine(trial):
         return False
     worker = trial.user_attrs[arms.WORKER]
     try:
-        return abs(psutil.Process(worker["pid"]).create_time() - worker["started"]) > 1.0
+        process = psutil.Process(worker["pid"])
+        return abs(process.create_time() - worker["started"]) > 1.0 or process.status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
 
@@ -178,21 +180,25 @@ def running_elsewhere(study: optuna.Study) -> list:
 
 
 # ----------------------------------------------------------------------------- resuming
-def reconcile(study: optuna.Study, sweep: Sweep) -> int:
-    """Queue every (arm, seed) that no trial stands for; returns how many were queued."""
+def reconcile(study: optuna.Study, sweep: Sweep) -> list[tuple[dict, int, int | None]]:
+    """Queue every (arm, seed) that no trial stands for; returns what was queued (values, seed,
+    the interrupted trial it re-runs or None)."""
     queue = arms.missing(sweep, study.get_trials(deepcopy=False))
     for params, seed, retry_of in queue:
         arms.enqueue(study, sweep, params, seed, retry_of)
-    return len(queue)
+    return queue
 
 
-def recover(study: optuna.Study, sweep: Sweep) -> tuple[list[int], int]:
+def recover(study: optuna.Study, sweep: Sweep) -> tuple[list[int], list[int]]:
     """Fail dead workers' trials and queue what the study owes, under the storage lock (so two
-    commands never queue the same pair); (trials failed, trials newly queued)."""
+    commands never queue the same pair); (trials failed here, interrupted trials queued again).
+
+    An interrupted trial is queued again once, whoever failed it (this call, another worker's, or
+    Optuna's own heartbeat check at the start of a trial)."""
     with storage_lock(sweep.storage_url, sweep.dir):
         dead = fail_dead_trials(study)
         queued = reconcile(study, sweep)
-    return dead, queued
+    return dead, [retry_of for _, _, retry_of in queued if retry_of is not None]
 
 
 def work_left(study: optuna.Study, sweep: Sweep) -> int:
@@ -207,10 +213,10 @@ def wait_for_work(study: optuna.Study, sweep: Sweep) -> bool:
     anywhere. Meanwhile, every few seconds, dead workers' trials are failed and queued again."""
     poll, told = min(POLL_S, sweep.heartbeat), False
     while True:
-        dead, _ = recover(study, sweep)
-        if dead:
-            print(f"sweep {sweep.name}: trial(s) {', '.join(map(str, dead))} of dead workers failed and "
-                  "queued again", flush=True)
+        _, rerun = recover(study, sweep)
+        if rerun:
+            print(f"sweep {sweep.name}: interrupted trial(s) {', '.join(map(str, rerun))} queued again "
+                  "(their workers died)", flush=True)
         if work_left(study, sweep) > 0:
             return True
         running = running_elsewhere(study)
@@ -254,7 +260,8 @@ def prepare(sweep: Sweep) -> tuple[optuna.Study, str]:
     """Create or open the study, fail dead workers' trials, queue what is owed; (study, status line)."""
     with storage_lock(sweep.storage_url, sweep.dir):
         study = load_study(sweep, create=True)
-    dead, queued = recover(study, sweep)
+        dead = fail_dead_trials(study)
+        queued = len(reconcile(study, sweep))
     trials = study.get_trials(deepcopy=False)
     owners = arms.taken(trials)
     done = sum(1 for t in owners.values() if t.state.is_finished())

@@ -170,7 +170,7 @@ def objective(trial: optuna.Trial, sweep: Sweep) -> float:
         try:
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         finally:  # what the results table shows of the run, readable on machines without its run dir
-            trial.set_user_attr(FIGURES, run_figures(run_dir))
+            _store_figures(trial, run_dir)
         pruning.stop_if_collapsed(cli.trainer)  # collapse declared by the last validation
         if pruning.reason:
             trial.set_user_attr("pruned", pruning.reason)
@@ -198,6 +198,13 @@ def objective(trial: optuna.Trial, sweep: Sweep) -> float:
         raise RuntimeError(message) from e
     finally:
         _finish_wandb(trial)
+
+
+def _store_figures(trial: optuna.Trial, run_dir: Path) -> None:
+    try:
+        trial.set_user_attr(FIGURES, run_figures(run_dir))
+    except Exception as e:  # noqa: BLE001 - never hide the trial's own outcome behind this
+        print(f"trial {trial.number}: its figures were not stored ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def _own_wandb_run(cli, sweep: Sweep, label: str, seed: int, number: int) -> None:

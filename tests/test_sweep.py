@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
@@ -249,9 +250,9 @@ def test_sweeps_started_together_create_the_storage_once_and_never_take_a_trial_
 def test_storage_creation_retries_when_another_process_made_the_tables_first(tmp_path, monkeypatch):
     from sqlalchemy.exc import IntegrityError
 
-    from codec.sweep import study
+    from codec.sweep import storage
 
-    calls, real = [], study.RDBStorage
+    calls, real = [], storage.RDBStorage
 
     def racing(*args, **kwargs):  # as PostgreSQL answers the loser of the race
         calls.append(1)
@@ -259,8 +260,8 @@ def test_storage_creation_retries_when_another_process_made_the_tables_first(tmp
             raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(study, "RDBStorage", racing)
-    assert study.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}") is not None and len(calls) == 2
+    monkeypatch.setattr(storage, "RDBStorage", racing)
+    assert storage.open_storage(f"sqlite:///{tmp_path / 'db.sqlite'}") is not None and len(calls) == 2
 
 
 def test_each_trial_is_its_own_wandb_run_grouped_by_sweep_and_tagged_by_arm(tmp_path, monkeypatch):
@@ -364,3 +365,78 @@ def test_yaml_syntax_errors_and_missing_studies_are_one_line_messages(tmp_path, 
     assert sweep(shipped, tmp_path, "--report") == 2
     assert capsys.readouterr().err.strip() == (f"codec sweep: no study 'normalization' in "
                                                f"sqlite:///{(tmp_path / 'normalization' / 'study.db').resolve()}")
+
+
+def test_a_worker_killed_mid_trial_is_rerun_by_the_other_worker_of_the_same_command(tmp_path):
+    path = sweep_file(tmp_path, {"model.quantizer.normalization": "choice(none, zscore, l2, rms_scale)"}, steps=6,
+                      trials=3, overrides=[*QUICK, "--trainer.callbacks+=test_sweep.HoldTrialOne"])
+    marker = tmp_path / "worker.pid"
+    env = {**os.environ, "CODEC_TEST_MARKER": str(marker), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    # A 10-minute heartbeat: only the dead-pid check can fail the killed worker's trial in time.
+    process = subprocess.Popen([sys.executable, "-m", "codec.cli", "sweep", str(path), f"--root={tmp_path}",
+                                "--no-wandb", "-j", "2", "--heartbeat=600"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        worker = wait_for(marker, process)
+        assert worker != process.pid  # one of the command's two worker processes
+        os.kill(worker, signal.SIGKILL)
+        output = process.communicate(timeout=300)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    # The other worker saw the dead pid, failed the trial, queued it again and ran it: the command
+    # ends complete, and says what happened.
+    assert process.returncode == 0, output
+    assert "interrupted trial(s) 1 queued again" in output and "re-ran its trial" in output
+    trials = load(tmp_path, "tiny_sweep").trials
+    complete = sorted(t.params["model.quantizer.normalization"] for t in trials if t.state == TrialState.COMPLETE)
+    assert complete == ["l2", "none", "zscore"]
+    (zombie,) = [t for t in trials if t.state == TrialState.FAIL]
+    (retry,) = [t for t in trials if t.user_attrs.get("retry_of") == zombie.number]
+    assert zombie.number == 1 and retry.state == TrialState.COMPLETE and retry.params == zombie.params
+
+
+def test_a_killed_worker_is_dead_before_it_is_reaped_and_only_on_its_own_machine():
+    import psutil
+
+    from codec.sweep.study import is_orphaned, this_machine
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        identity = {**this_machine(), "pid": child.pid, "started": psutil.Process(child.pid).create_time()}
+        running = SimpleNamespace(state=TrialState.RUNNING, user_attrs={"worker": identity})
+        assert not is_orphaned(running)
+        child.kill()
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:  # a -j worker its command has not joined
+            time.sleep(0.05)
+        assert is_orphaned(running)
+        elsewhere = {**identity, "host": "another-machine"}  # only Optuna's heartbeat can judge those
+        assert not is_orphaned(SimpleNamespace(state=TrialState.RUNNING, user_attrs={"worker": elsewhere}))
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_sampled_sweep_queues_each_new_arm_s_other_seeds_once(tmp_path):
+    path = sweep_file(tmp_path, {"optimizer.init_args.lr": "tag(log, interval(1e-4, 1e-2))"}, trials=2, seeds=2,
+                      sampler={"name": "RandomSampler"})
+    assert sweep(path, tmp_path) == 0
+    trials = load(tmp_path, "tiny_sweep").trials
+    ran = [t for t in trials if "skipped" not in t.user_attrs]
+    assert len(ran) == 4 and all(t.state == TrialState.COMPLETE for t in ran)
+    by_arm: dict[float, list[int]] = {}
+    for t in ran:
+        by_arm.setdefault(t.params["optimizer.init_args.lr"], []).append(t.user_attrs["seed"])
+    assert len(by_arm) == 2 and all(sorted(seeds) == [0, 1] for seeds in by_arm.values())
+
+
+def test_an_unreachable_database_stops_the_sweep_in_one_line_without_its_password(tmp_path, capsys):
+    path = sweep_file(tmp_path, {"model.quantizer.normalization": "choice(none, zscore)"})
+    url = "postgresql://codec:secret-word@127.0.0.1:1/sweeps"  # nothing listens on port 1
+    assert sweep(path, tmp_path, f"--storage={url}") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("codec sweep: cannot open storage postgresql://codec:***@127.0.0.1:1/sweeps: ")
+    assert len(err.splitlines()) == 1 and "secret-word" not in err
+    assert not (tmp_path / "tiny_sweep").exists()  # nothing trained, nothing written

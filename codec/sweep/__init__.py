@@ -6,7 +6,8 @@
     trial.py            one trial: CLI arguments, validation of the space, the objective, its W&B run
     objective_check.py  the objective is a metric the trials log (one training step, before any trial)
     pruning.py          the pruning callback (Optuna's pruner at global steps; F3 and divergence at once)
-    study.py            storage, sampler, pruner, workers, resuming
+    storage.py          storages (SQLite, PostgreSQL, journal), the lock for creating and reconciling a study
+    study.py            sampler, pruner, workers, dead workers, resuming
     results.py          the arm and trial tables, intervals, importances and plots
     command.py  `codec sweep`
 """

@@ -12,6 +12,7 @@
     sampler: {name: GridSampler}       # any optuna.samplers class and its arguments; default:
                                        # GridSampler for finite spaces, TPESampler otherwise
     pruner: {name: MedianPruner, n_warmup_steps: 250}   # any optuna.pruners class; NopPruner: none
+    heartbeat: 60                      # seconds; a trial whose worker is silent for 2x this is re-run
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import yaml
 from codec.sweep.space import Param, parse_space
 
 KEYS = {"name", "base", "overrides", "space", "objective", "trials", "seeds", "steps", "val_every", "sampler",
-        "pruner", "seed"}
+        "pruner", "seed", "heartbeat"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -51,6 +52,7 @@ class Sweep:
     seed: int = 0
     root: Path = Path("runs/sweeps")    # where trials, storage and results go: <root>/<name>/
     storage: str | None = None          # SQLAlchemy URL or journal:PATH; default: SQLite under root
+    heartbeat: int = 60                 # seconds between a running trial's heartbeats (RDB storages)
     wandb: bool = True
 
     @property
@@ -69,7 +71,7 @@ class Sweep:
     def with_overrides(self, **changes) -> Sweep:
         """A copy with command-line overrides (trials, steps, storage, ...) where they are not None."""
         sweep = replace(self, **{k: v for k, v in changes.items() if v is not None})
-        for key in ("trials", "seeds", "steps"):
+        for key in ("trials", "seeds", "steps", "heartbeat"):
             if getattr(sweep, key) < 1:
                 raise SweepFileError(f"{key} must be >= 1, got {getattr(sweep, key)}")
         return sweep
@@ -110,6 +112,7 @@ def load_sweep(path: str | Path) -> Sweep:
         steps=_integer(raw, "steps", 1000, path),
         val_every=raw.get("val_every"), overrides=list(overrides), sampler=dict(raw.get("sampler") or {}),
         pruner=dict(raw.get("pruner") or {}), seed=int(raw.get("seed", 0)),
+        heartbeat=_integer(raw, "heartbeat", 60, path),
     )
     return sweep.with_overrides()
 

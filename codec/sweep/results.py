@@ -3,13 +3,16 @@ shown, "not run" included), a note on whether the best arm is ahead of the secon
 row per trial, Optuna's parameter importances, and plots of the objective per arm with error bars.
 
 Trial metrics come from each trial's run directory (codec/runs.py), so the tables show what the
-runs logged, not only what the study stored.
+runs logged, not only what the study stored; where the run directory is not on this machine (a
+sweep spread over machines), from the same figures the trial stored in the study when it ended.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -22,13 +25,15 @@ from codec.plots import axis_label, matplotlib_pyplot, y_limits
 from codec.sweep import arms
 from codec.sweep.config import Sweep
 from codec.sweep.space import arm_label
+from codec.sweep.storage import display_url
 
 STATES = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed",
           TrialState.RUNNING: "running", TrialState.WAITING: "waiting"}
 ORDER = ["complete", "pruned", "failed", "running", "waiting", "interrupted"]
 METRICS = [("snr_db", "val/audio/snr_db"), ("si_sdr_db", "val/audio/si_sdr_db"),
            ("rms_ratio", "val/audio/rms_ratio")]
-TAIL = ["collapsed", "verdicts", "note", "run_dir"]
+TAIL = ["collapsed", "verdicts", "note", "host", "run_dir"]
+FIGURES = "figures"  # user attribute: run_figures() of the trial's run directory when it ended
 MIN_TRIALS_FOR_IMPORTANCE = 4
 # Student's t, 97.5 % quantile, by degrees of freedom (two-sided 95 % interval of a mean of n = df + 1
 # seeds); beyond 30 the normal 1.96 is within 2 %. A table, not scipy, for these thirty numbers.
@@ -60,10 +65,23 @@ def trial_rows(study: optuna.Study, sweep: Sweep) -> list[dict]:
     return sorted(rows, key=key)
 
 
-def _row(trial: optuna.trial.FrozenTrial, sweep: Sweep) -> dict:
+def run_figures(run_dir: str | Path) -> dict:
+    """What the tables show of one run directory: the last validation's audio metrics, per-level
+    perplexity, whether it collapsed and its verdicts ({} without metrics.csv)."""
     from codec.callbacks.verdict import verdict_tags
     from codec.runs import last_value, level_count, load_run
 
+    if not Path(run_dir, "metrics.csv").is_file():
+        return {}
+    run = load_run(run_dir)
+    figures = {name: last_value(run.metrics, key) for name, key in METRICS}
+    for level in range(level_count(run.metrics)):
+        figures[f"q{level}_perplexity"] = last_value(run.metrics, f"val/rvq/q{level}/perplexity")
+    summary = run.summary or {}
+    return {**figures, "collapsed": bool(summary.get("collapsed")), "verdicts": verdict_tags(summary)}
+
+
+def _row(trial: optuna.trial.FrozenTrial, sweep: Sweep) -> dict:
     state = "interrupted" if arms.is_interrupted(trial) else STATES.get(trial.state, trial.state.name.lower())
     row = {"trial": trial.number, "state": state}
     params = arms.params_of(trial) or {}
@@ -71,18 +89,15 @@ def _row(trial: optuna.trial.FrozenTrial, sweep: Sweep) -> dict:
     row["seed"] = arms.seed_of(trial)
     row["objective"] = trial.value if trial.value is not None and math.isfinite(trial.value) else None
     run_dir = trial.user_attrs.get("run_dir")
-    run = load_run(run_dir) if run_dir and Path(run_dir, "metrics.csv").is_file() else None
-    metrics = run.metrics if run else []
-    for name, key in METRICS:
-        row[name] = last_value(metrics, key)
-    for level in range(level_count(metrics)):
-        row[f"q{level}_perplexity"] = last_value(metrics, f"val/rvq/q{level}/perplexity")
-    summary = (run.summary if run else None) or {}
+    figures = (run_figures(run_dir) if run_dir else {}) or trial.user_attrs.get(FIGURES) or {}
+    row.update({name: figures.get(name) for name, _ in METRICS})
+    row.update({k: v for k, v in figures.items() if k.endswith("_perplexity")})
     pruned = trial.user_attrs.get("pruned", "")
-    row["collapsed"] = bool(summary.get("collapsed")) or "collapse" in pruned
-    row["verdicts"] = verdict_tags(summary)
+    row["collapsed"] = bool(figures.get("collapsed")) or "collapse" in pruned
+    row["verdicts"] = figures.get("verdicts", "")
     retry = trial.user_attrs.get(arms.RETRY_OF)
     row["note"] = trial.user_attrs.get("error") or pruned or (f"re-run of interrupted trial {retry}" if retry is not None else "")
+    row["host"] = (trial.user_attrs.get(arms.WORKER) or {}).get("host", "")
     row["run_dir"] = run_dir or ""
     return row
 
@@ -192,7 +207,7 @@ def _markdown(headers: list[str], lines: list[list[str]]) -> str:
 
 
 def markdown_table(rows: list[dict], sweep: Sweep) -> str:
-    columns = [c for c in _columns(rows) if c != "run_dir"]
+    columns = [c for c in _columns(rows) if c not in ("host", "run_dir")]
     headers = [sweep.space[c].short if c in sweep.space else c for c in columns]
     headers = [f"objective ({sweep.metric}, {sweep.direction})" if h == "objective" else h for h in headers]
     lines = []
@@ -217,11 +232,21 @@ def arm_markdown(ranked: list[Arm], sweep: Sweep) -> str:
 
 def write_csv(rows: list[dict], path: Path, columns: list[str] | None = None) -> None:
     columns = columns or _columns(rows)
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: "" if row.get(c) is None else row.get(c) for c in columns})
+    write_atomically(path, text.getvalue())
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Replace the file in one step: commands of one sweep that end together on one machine each
+    write the results, and a reader never sees half of one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with temporary.open("w", newline="") as f:
+        f.write(text)
+    os.replace(temporary, path)
 
 
 def arm_csv_rows(ranked: list[Arm], sweep: Sweep) -> list[dict]:
@@ -298,7 +323,9 @@ def _plot(ranked: list[Arm], sweep: Sweep, out_dir: Path, short: str, key: str |
     fig.tight_layout()
     safe = re.sub(r"[^\w.-]", "_", short)
     path = out_dir / f"objective_by_{safe}.png"
-    fig.savefig(path, dpi=100)
+    temporary = path.with_name(f".{path.stem}.{os.getpid()}.png")
+    fig.savefig(temporary, dpi=100)
+    os.replace(temporary, path)
     plt.close(fig)
     return path
 
@@ -316,7 +343,7 @@ def write_report(study: optuna.Study, sweep: Sweep) -> Path:
             f"{len(ranked)} arms ({sum(a.states(sweep.seeds) == 'not run' for a in ranked)} not run), "
             f"{sweep.seeds} seed{'s' if sweep.seeds > 1 else ''} each; {len(rows)} trials "
             f"({', '.join(f'{n} {s}' for s, n in counts.items() if n)}); {sweep.steps} steps each; "
-            f"base {sweep.base.name}; storage {sweep.storage_url}", "",
+            f"base {sweep.base.name}; storage {display_url(sweep.storage_url)}", "",
             "## Arms (best mean first; means and intervals over complete seeds)", "", arm_markdown(ranked, sweep)]
     note = noise_note(ranked, sweep)
     text += ["", note] if note else []
@@ -331,5 +358,5 @@ def write_report(study: optuna.Study, sweep: Sweep) -> Path:
     plots = plot_objective(ranked, sweep, out_dir)
     text += ["", "Plots: " + ", ".join(p.name for p in plots)]
     path = out_dir / "results.md"
-    path.write_text("\n".join(text) + "\n")
+    write_atomically(path, "\n".join(text) + "\n")
     return path

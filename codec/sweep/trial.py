@@ -20,8 +20,9 @@ import optuna
 
 from codec.sweep import arms
 from codec.sweep.config import Sweep, SweepFileError, config_path
+from codec.sweep.results import FIGURES, run_figures
 from codec.sweep.space import CONFIG_KEY, arm_label, cli_value
-from codec.sweep.study import worker_identity
+from codec.sweep.study import recover, worker_identity
 
 
 class SpaceKeyError(ValueError):
@@ -115,7 +116,8 @@ def claim(trial: optuna.Trial, sweep: Sweep) -> tuple[dict, int]:
     """(values, seed) this trial trains, or raises Skipped (before anything is suggested or trained).
 
     Queued trials (a planned grid arm, a replicate, a re-run) carry their seed; a sampled one is a
-    new arm, seed 0, and queues the arm's other seeds."""
+    new arm, seed 0, and queues the arm's other seeds (under the storage lock, through the same
+    reconciliation every worker runs, so that no seed is queued twice)."""
     trial.set_user_attr(arms.WORKER, worker_identity())
     study = trial.study
     earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
@@ -132,8 +134,8 @@ def claim(trial: optuna.Trial, sweep: Sweep) -> tuple[dict, int]:
     params = {key: param.suggest(trial) for key, param in sweep.space.items()}
     trial.set_user_attr(arms.PARAMS, params)
     trial.set_user_attr(arms.SEED, 0)
-    for seed in range(1, sweep.seeds):
-        arms.enqueue(study, sweep, params, seed)
+    if sweep.seeds > 1:
+        recover(study, sweep)
     return params, 0
 
 
@@ -163,8 +165,12 @@ def objective(trial: optuna.Trial, sweep: Sweep) -> float:
         _own_wandb_run(cli, sweep, label, seed, trial.number)
         pruning = TrialPruning(trial, monitor=sweep.metric)
         cli.trainer.callbacks.append(pruning)
-        trial.set_user_attr("run_dir", str(Path(cli.trainer.log_dir).resolve()))
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        run_dir = Path(cli.trainer.log_dir).resolve()
+        trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        finally:  # what the results table shows of the run, readable on machines without its run dir
+            _store_figures(trial, run_dir)
         pruning.stop_if_collapsed(cli.trainer)  # collapse declared by the last validation
         if pruning.reason:
             trial.set_user_attr("pruned", pruning.reason)
@@ -192,6 +198,13 @@ def objective(trial: optuna.Trial, sweep: Sweep) -> float:
         raise RuntimeError(message) from e
     finally:
         _finish_wandb(trial)
+
+
+def _store_figures(trial: optuna.Trial, run_dir: Path) -> None:
+    try:
+        trial.set_user_attr(FIGURES, run_figures(run_dir))
+    except Exception as e:  # noqa: BLE001 - never hide the trial's own outcome behind this
+        print(f"trial {trial.number}: its figures were not stored ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def _own_wandb_run(cli, sweep: Sweep, label: str, seed: int, number: int) -> None:

@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import lightning as L
 import pytest
@@ -283,10 +284,11 @@ def test_an_explosion_between_validations_is_named_from_training_steps_and_stops
     # Validations 100 steps apart would name it late; the per-step rule names it about patience_steps after.
     trainer_, monitor = fit_with(tmp_path, "waveform_l1", GrowOutput(onset=20),
                                  overrides=["--trainer.max_steps=100", "--trainer.val_check_interval=100", *FAST_CLI])
-    (verdict,) = monitor.verdicts
+    (verdict,) = monitor.verdicts  # named once: at the first reading above 10, within one check of the jump
     assert verdict.rule == "amplitude.explosion" and verdict.subject == "train/audio/rms_ratio"
-    assert 20 < verdict.step <= 20 + 10 + 5
-    assert trainer_.global_step == verdict.step and monitor.stop_verdict == verdict
+    assert 20 < verdict.step <= 20 + 5
+    # A single extreme reading does not end a run; the same level for most of patience_steps does.
+    assert monitor.stop_verdict == verdict and verdict.step < trainer_.global_step <= 20 + 10 + 5
 
 
 def test_a_dc_offset_is_named_as_such(tmp_path):
@@ -305,7 +307,8 @@ def test_a_diverging_run_is_named_with_its_learning_rate(tmp_path):
     summary = read_summary(next(tmp_path.rglob("summary.json")).parent)
     assert summary["status"] == "failed"
     (verdict,) = [v for v in summary["verdicts"] if v["rule"] == "training.non_finite"]
-    assert "learning rate 10000" in verdict["message"] and "train/loss/total" in verdict["message"]
+    # The learning rate the optimizer had when it failed (1e4, part way up the recipe's warm-up).
+    assert re.search(r"at learning rate \d", verdict["message"]) and "train/loss/total" in verdict["message"]
 
 
 def test_warn_mode_flags_but_keeps_training(tmp_path):

@@ -174,7 +174,7 @@ class AmplitudeMonitor(L.Callback):
         for verdict in verdicts:
             self.verdicts.append(verdict)
             warnings.warn(verdict.line(), stacklevel=2)
-        if verdicts and self.stop_verdict is not None and self.mode == "stop":
+        if self.stop_verdict is not None and self.mode == "stop":  # a finding raised earlier may now be sustained
             trainer.should_stop = True
 
     # --------------------------------------------------------- parameter norms

@@ -188,7 +188,7 @@ class AmplitudeTracker:
         self.best_mel: tuple[int, float] | None = None
         self.history: list[tuple[int, float]] = []  # (step, judged RMS ratio) at validations
         self.streaks = {name: _Streak() for name in ("collapse", "explosion", "dc", "divergence")}
-        self.raised: set[str] = set()
+        self.raised: dict[str, Verdict] = {}
         self.stop: Verdict | None = None
         self.collapsed_at_step: int | None = None
 
@@ -329,16 +329,20 @@ class AmplitudeTracker:
                 self.first.setdefault(key, value)
 
     def _raise(self, key: str, verdict: Verdict, sustained: bool = False) -> list[Verdict]:
-        if key in self.raised:
-            return []
-        self.raised.add(key)
+        """Each finding is raised once; a finding first raised at once (a single extreme value) and
+        then sustained becomes the run's `stop` reason without being raised again."""
+        first = self.raised.get(key)
         if sustained and self.stop is None:
-            self.stop = verdict
+            self.stop = first or verdict
+        if first is not None:
+            return []
+        self.raised[key] = verdict
         return [verdict]
 
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"first": dict(self.first), "best_mel": self.best_mel, "raised": sorted(self.raised),
+        return {"first": dict(self.first), "best_mel": self.best_mel,
+                "raised": {k: v.to_dict() for k, v in self.raised.items()},
                 "streaks": {k: [s.count, s.since] for k, s in self.streaks.items()}, "history": list(self.history),
                 "stop": self.stop.to_dict() if self.stop else None, "collapsed_at_step": self.collapsed_at_step}
 
@@ -346,7 +350,8 @@ class AmplitudeTracker:
         self.first = dict(state.get("first", {}))
         best = state.get("best_mel")
         self.best_mel = tuple(best) if best else None
-        self.raised = set(state.get("raised", []))
+        raised = state.get("raised", {})
+        self.raised = {k: Verdict.from_dict(v) for k, v in raised.items()} if isinstance(raised, dict) else {}
         self.history = [tuple(h) for h in state.get("history", [])]
         for key, (count, since) in state.get("streaks", {}).items():
             self.streaks[key] = _Streak(count, since)

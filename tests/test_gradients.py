@@ -132,8 +132,8 @@ def test_fast_plain_stack_matches_the_general_loop():
     rvq = ResidualVQ(dim=16, num_quantizers=4, codebook_size=32, dead_code_threshold=2.0)
     rvq(torch.randn(4, 16, 20))
     fast, general = copy.deepcopy(rvq), copy.deepcopy(rvq)
-    general._plain_ema_stack = lambda: False
-    assert fast._plain_ema_stack()
+    general._closed_form = lambda dropout: False
+    assert fast._closed_form(dropout=False)
     weights = torch.randn(4)
     results = []
     for model in (fast, general):

@@ -153,3 +153,60 @@ def test_counts_and_sums_are_those_of_the_assigned_rows_that_use_the_level(rows)
     for k in (0, 3, 31):
         assert counts[0, k] == ((codes == k) & used).sum()
         assert torch.allclose(sums[k], inputs[(codes == k) & used].sum(dim=0), atol=1e-4)
+
+
+# --------------------------------------------------------------------- non-finite updates (issue 11)
+
+
+def held_out_error(rvq, points):
+    rvq.eval()
+    z = as_frames(points, batch=1)
+    error = float((rvq(z).quantized - z).pow(2).mean())
+    rvq.train()
+    return error
+
+
+@pytest.mark.parametrize("update", ["ema", "gradient"])
+def test_huge_finite_inputs_never_poison_the_codebook(update):
+    """3e38 is finite, so no input check stops it, but its sums overflow: before, `embed_sum` became
+    inf and the codebook NaN for good. Now those codes keep their state and the update is counted."""
+    points, _, _ = clustered(8, 8, per_cluster=64, spread=0.3, scale=3.0)
+    rvq = ResidualVQ(dim=8, num_quantizers=2, codebook_size=16, update=update, dead_code_threshold=0.5)
+    for _ in range(5):
+        rvq(as_frames(points[torch.randperm(len(points))], batch=4))
+    before = held_out_error(rvq, points)
+
+    z = as_frames(points, batch=4)
+    z[0, :, :6] = 3e38  # finite, near the float32 limit
+    z[1, :2, :3] = -3e38
+    rvq(z)
+    for level in rvq.levels:
+        for name, tensor in level.state_dict().items():
+            if tensor.is_floating_point():
+                assert torch.isfinite(tensor).all(), name
+        assert torch.isfinite(level.codebook.pow(2).sum(dim=1)).all()  # usable by the lookup
+    if update == "ema":
+        assert int(rvq.levels[0].rejected_updates) > 0
+        assert rvq.level_stats()[0].rejected_updates == int(rvq.levels[0].rejected_updates)
+
+    for _ in range(5):  # and it keeps training on normal inputs
+        rvq(as_frames(points[torch.randperm(len(points))], batch=4))
+    assert held_out_error(rvq, points) < 1.5 * before + 1e-3
+
+
+def test_deferred_finite_check_lets_nan_move_nothing():
+    """On a GPU the default check is deferred (no host sync): NaN input quantizes without an error,
+    but cannot move any code or usage, and the rejections are counted."""
+    points, _, _ = clustered(4, 8, per_cluster=32, scale=3.0)
+    rvq = ResidualVQ(dim=8, num_quantizers=2, codebook_size=8, check_finite="deferred", dead_code_threshold=0.5)
+    z = as_frames(points, batch=4)
+    z[0, 3, :4] = float("nan")  # at the very first step: k-means skips those rows
+    rvq(z)
+    z[1, :, 2] = float("inf")
+    out = rvq(z)
+    assert not torch.isfinite(out.losses["commit"])  # the loss shows it
+    for level in rvq.levels:
+        for name, tensor in level.state_dict().items():
+            if tensor.is_floating_point():
+                assert torch.isfinite(tensor).all(), name
+    assert int(rvq.levels[0].rejected_updates) > 0

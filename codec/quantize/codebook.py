@@ -81,7 +81,7 @@ class Codebook(nn.Module):
         self.dead_code_threshold = dead_code_threshold
         self.eps = eps
         self.chunk_rows = chunk_rows
-        self.compile = compile  # torch.compile the batched update (codec.quantize.step)
+        self.compile_update = compile  # torch.compile the batched update (codec.quantize.step)
         self.updates_frozen = False  # set by `frozen_codebooks()`: train-mode forward without side effects
 
         projected = codebook_dim is not None and codebook_dim != dim

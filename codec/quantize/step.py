@@ -90,7 +90,7 @@ class LevelsStep:
             index = torch.tensor(trained, device=books.device)
             books, histograms = books.index_select(0, index), histograms.index_select(0, index)
         stats = reduce_statistics(self.collector.finish(histograms))
-        result = _update_function(levels[0].compile)(stacked_state(levels, books), stats, levels[0].rule)
+        result = _update_function(levels[0].compile_update)(stacked_state(levels, books), stats, levels[0].rule)
         write_back_(levels, result.state)
         for level, reseeded, absmax in zip(levels, result.reseeded, result.input_absmax, strict=True):
             level.last_dead_count = reseeded

@@ -16,6 +16,8 @@ import importlib
 import os
 import sys
 
+from codec.threads import apply_thread_settings
+
 # Subcommands that are not LightningCLI's: name -> module whose `main(argv) -> int` gets the full argv
 # (the subcommand name first). Imported lazily: `codec inspect` does not pay for importing Lightning
 # (about 6 s), and `codec fit` pays for none of the tools.
@@ -32,6 +34,7 @@ TOOLS = {
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else list(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
+    apply_thread_settings()  # this process's share of the CPUs (codec/threads.py), before Lightning loads
     if args and args[0] in TOOLS:
         sys.exit(importlib.import_module(TOOLS[args[0]]).main(args))
     from codec.training_cli import CodecCLI

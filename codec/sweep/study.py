@@ -11,7 +11,6 @@ run again with the same values on the next run.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from optuna.trial import TrialState
 
 from codec.sweep.config import Sweep, SweepFileError
 from codec.sweep.trial import objective
+from codec.threads import apply_thread_settings, runs_sharing_cpus
 
 HEARTBEAT_S = 60  # a RUNNING trial whose worker is silent for 2x this is failed and retried
 
@@ -127,11 +127,8 @@ def requeue_interrupted(study: optuna.Study) -> int:
     return count
 
 
-def optimize(sweep: Sweep, n_trials: int, worker: int = 0, threads: int | None = None) -> None:
-    if threads:  # N workers x all cores each would oversubscribe the CPU many times over
-        import torch
-
-        torch.set_num_threads(threads)
+def optimize(sweep: Sweep, n_trials: int, worker: int = 0) -> None:
+    apply_thread_settings()  # this worker's share: N workers x all cores each would thrash (codec/threads.py)
     study = load_study(sweep, worker)
     study.optimize(lambda trial: objective(trial, sweep), n_trials=n_trials,
                    callbacks=[StopAtTarget(sweep.trials)], catch=(Exception,), gc_after_trial=True)
@@ -154,11 +151,11 @@ def run(sweep: Sweep, jobs: int = 1) -> optuna.Study:
     else:
         shares = [remaining // jobs + (i < remaining % jobs) for i in range(jobs)]
         context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and locks
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        workers = [context.Process(target=optimize, args=(sweep, share, i, threads), name=f"sweep-worker-{i}")
+        workers = [context.Process(target=optimize, args=(sweep, share, i), name=f"sweep-worker-{i}")
                    for i, share in enumerate(shares) if share]
-        for w in workers:
-            w.start()
+        with runs_sharing_cpus(len(workers)):  # spawned workers inherit their share (codec/threads.py)
+            for w in workers:
+                w.start()
         for w in workers:
             w.join()
         failed = [w.name for w in workers if w.exitcode != 0]

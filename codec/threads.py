@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from pathlib import Path
 
 PARALLEL_RUNS_ENV = "CODEC_PARALLEL_RUNS"
 USER_THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# The value this module wrote into OMP_NUM_THREADS (before torch was imported): not the user's word.
+FITTED_ENV = "CODEC_FITTED_THREADS"
 MAX_DATA_WORKERS = 4  # synthetic items cost ~7 ms each on a CPU core: 4 workers feed a GPU step of 15 ms
 
 
@@ -128,7 +131,7 @@ def fitted_threads(environ: dict | None = None) -> ThreadSettings:
     environ = os.environ if environ is None else environ
     cpus, runs = available_cpus(), parallel_runs(environ)
     for name in USER_THREAD_VARIABLES:
-        if environ.get(name, "").strip():
+        if environ.get(name, "").strip() and environ.get(name) != environ.get(FITTED_ENV):
             try:
                 return ThreadSettings(max(1, int(environ[name])), cpus, runs, name)
             except ValueError:
@@ -137,16 +140,24 @@ def fitted_threads(environ: dict | None = None) -> ThreadSettings:
 
 
 def apply_thread_settings(environ: dict | None = None) -> ThreadSettings:
-    """Set torch's intra-op and inter-op threads to this process's share (unless you set them)."""
-    settings = fitted_threads(environ)
-    if settings.source == "fitted":
-        import torch
+    """Set torch's intra-op and inter-op threads to this process's share (unless you set them).
 
-        torch.set_num_threads(settings.threads)
-        try:
-            torch.set_num_interop_threads(settings.threads)
-        except RuntimeError:  # only settable before inter-op work started; then it stays
-            pass
+    Before torch is imported (`codec compare` never imports it) this only sets OMP_NUM_THREADS,
+    which torch reads when it loads, and marks it as ours so child processes fit their own share."""
+    environ = os.environ if environ is None else environ
+    settings = fitted_threads(environ)
+    if settings.source != "fitted":
+        return settings
+    if "torch" not in sys.modules:
+        environ["OMP_NUM_THREADS"] = environ[FITTED_ENV] = str(settings.threads)
+        return settings
+    import torch
+
+    torch.set_num_threads(settings.threads)
+    try:
+        torch.set_num_interop_threads(settings.threads)
+    except RuntimeError:  # only settable before inter-op work started; then it stays
+        pass
     return settings
 
 

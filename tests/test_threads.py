@@ -9,6 +9,7 @@ import torch
 
 from codec import threads
 from codec.threads import (
+    FITTED_ENV,
     PARALLEL_RUNS_ENV,
     apply_thread_settings,
     cgroup_cpu_limit,
@@ -45,6 +46,16 @@ def test_the_users_own_setting_wins(eight_cpus):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_before_torch_loads_only_the_environment_is_set_and_children_refit(eight_cpus, monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch")  # as in `codec compare`, which never imports torch
+    environ = {PARALLEL_RUNS_ENV: "2"}
+    assert apply_thread_settings(environ).threads == 4
+    assert environ["OMP_NUM_THREADS"] == "4" and environ[FITTED_ENV] == "4"
+    child = {**environ, PARALLEL_RUNS_ENV: "4"}  # a launcher's child: our OMP_NUM_THREADS is not the user's
+    assert fitted_threads(child).source == "fitted" and fitted_threads(child).threads == 2
+    assert fitted_threads({**child, "OMP_NUM_THREADS": "3"}).source == "OMP_NUM_THREADS"  # the user's is
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "two"])

@@ -175,28 +175,28 @@ def updated_state(state: LevelState, stats: StepStatistics, rule: UpdateRule) ->
     book, embed = state.codebook, state.embed_sum
     rejected = state.rejected_updates
     if rule.ema:
-        new_embed = torch.lerp(state.embed_sum, stats.sums, rate)
-        new_book = new_embed / laplace_smoothed(cluster, rule.eps).unsqueeze(-1)
-        # A code is usable while its squared norm (the lookup's bias) is finite.
-        ok = ((new_book * new_book).sum(dim=-1) < INF) & per_code
+        # The (L, K, D) temporaries are this function's own: the selections below write into them
+        # (out=) instead of allocating more, which keeps the step's peak memory near the old one.
+        embed = torch.lerp(state.embed_sum, stats.sums, rate)
+        book = embed / laplace_smoothed(cluster, rule.eps).unsqueeze(-1)
+        ok = _usable(book) & per_code
         rejected = rejected + (per_code & ~ok).sum(dim=-1)
-        book = torch.where(ok[..., None], new_book, book)
-        embed = torch.where(ok[..., None], new_embed, embed)
+        torch.where(ok[..., None], book, state.codebook, out=book)
+        torch.where(ok[..., None], embed, state.embed_sum, out=embed)
         cluster = torch.where(ok, cluster, state.cluster_size)
     else:
         cluster = torch.where(per_code, cluster, state.cluster_size)
     reseeded = torch.zeros_like(state.trained_steps)
     if rule.reseeds:
         candidates = stats.candidates
-        fresh = ((candidates * candidates).sum(dim=-1) < INF) & stats.valid & per_code
-        move = (cluster < rule.dead_code_threshold) & fresh
+        move = (cluster < rule.dead_code_threshold) & _usable(candidates) & stats.valid & per_code
         # Half the threshold as mass: below it, so a re-seeded code still counts as dead until inputs
         # choose it, and non-zero, so the next EMA step keeps it where it was put.
         mass = 0.5 * rule.dead_code_threshold
-        book = torch.where(move[..., None], candidates, book)
+        book = torch.where(move[..., None], candidates, book, out=None if book is state.codebook else book)
         cluster = cluster.masked_fill(move, mass)
         if rule.ema:
-            embed = torch.where(move[..., None], candidates * mass, embed)
+            torch.where(move[..., None], candidates * mass, embed, out=embed)
         reseeded = move.sum(dim=-1)
     absmax = torch.maximum(stats.high, -stats.low)
     measured = (absmax > 0) & (absmax < INF) & trained
@@ -205,6 +205,12 @@ def updated_state(state: LevelState, stats: StepStatistics, rule: UpdateRule) ->
     new = LevelState(codebook=book, cluster_size=cluster, embed_sum=embed, input_scale=scale,
                      trained_steps=state.trained_steps + trained.long(), rejected_updates=rejected)
     return StepResult(new, reseeded, absmax)
+
+
+def _usable(codewords: torch.Tensor) -> torch.Tensor:
+    """(L, K) whether each codeword (L, K, D) can be searched: its norm (the lookup's bias is its
+    square) is finite. False for NaN, inf and values near the float32 limit."""
+    return torch.linalg.vector_norm(codewords, dim=-1).square() < INF
 
 
 def stacked_state(levels, codebooks: torch.Tensor) -> LevelState:

@@ -29,6 +29,7 @@ from codec.quantize.kmeans import kmeans
 from codec.quantize.lookup import check_metric, full_precision
 from codec.quantize.losses import codebook_loss, commitment_loss
 from codec.quantize.stats import LevelStats, distance_from_init, perplexity
+from codec.quantize.step import LevelsStep
 from codec.quantize.updates import UpdateRule
 
 UPDATES = ("ema", "gradient")
@@ -148,8 +149,6 @@ class Codebook(nn.Module):
     # ---------------------------------------------------------------- forward
     def forward(self, residual: torch.Tensor, row_mask: torch.Tensor | None = None) -> LevelOutput:
         """This level alone. residual: (N, dim) rows; row_mask: (N,) bool, the rows that use it."""
-        from codec.quantize.step import LevelsStep
-
         with full_precision(residual.device):
             step = LevelsStep([self], residual.shape[0], residual.device)
             x = self.in_proj(residual.float())

@@ -160,7 +160,9 @@ class Codebook(nn.Module):
     def emit(self, x: torch.Tensor, codes: torch.Tensor, row_weight: torch.Tensor | None = None) -> LevelOutput:
         """Output and losses of projected rows x (N, codebook_dim) coded as `codes`. The codewords
         carry the codebook's gradient when update="gradient"; the lookup itself never does."""
-        q = F.embedding(codes, self.codebook)
+        # index_select, not F.embedding: its backward is an index_add (embedding's CUDA backward
+        # sorts and counts the codes, which may read back to the host).
+        q = self.codebook.index_select(0, codes)
         commit = commitment_loss(x, q, row_weight)
         cb_loss = codebook_loss(x, q, row_weight) if self.update == "gradient" else None
         return LevelOutput(self.out_proj(q.detach()), codes, commit, cb_loss)

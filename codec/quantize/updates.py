@@ -10,10 +10,11 @@ after the last level they are stacked over the levels, L of them:
     valid      (L, K)     whether each candidate row used the level
 
 `reduce_statistics` is the one place a data-parallel run reduces them across processes (sum the
-counts and sums, min/max the sample range, gather candidates so every rank re-seeds alike); in one
-process it returns them as they are. `apply_statistics_` then moves the state of every level at
-once, as a fixed set of masked operations on stacked tensors: no host-device synchronisation, and
-the same number of kernels whatever the number of levels, codes or dead codes. It
+counts and sums, min/max the sample range, one rank's candidates for every rank so all re-seed
+alike); in one process it returns them as they are. `updated_state` then computes the new state of
+every level at once from the stacked state (`stacked_state`), as a fixed set of masked operations:
+no host-device synchronisation, and the same kernels whatever the number of levels, codes or dead
+codes (`write_back_` copies it into the levels' buffers). It
 
 1. takes one EMA step of the usage (`cluster_size`) and, for EMA codebooks, of the sums;
 2. rejects non-finite results code by code (inputs near the float32 limit overflow a sum): those
@@ -57,12 +58,6 @@ class UpdateRule(NamedTuple):
     @property
     def reseeds(self) -> bool:
         return self.dead_code_threshold > 0
-
-
-class StepResult(NamedTuple):
-    state: LevelState
-    reseeded: torch.Tensor  # (L,) codes re-seeded per level
-    input_absmax: torch.Tensor  # (L,) this step's largest |input value| per level (sampled)
 
 
 def laplace_smoothed(counts: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -109,7 +104,6 @@ class StatisticsCollector:
         self.low = torch.zeros(num_levels, device=device)
         self.high = torch.zeros(num_levels, device=device)
         self.candidates = self.valid = self.draws = None
-        self.masked = False
         if rule.reseeds:
             # Candidate rows for re-seeding, one per code of every level, uniform over the rows and
             # drawn in one go: a fixed shape, whatever the number of dead codes (known only at the end).
@@ -162,6 +156,12 @@ class LevelState(NamedTuple):
     input_scale: torch.Tensor  # (L,)
     trained_steps: torch.Tensor  # (L,) int64
     rejected_updates: torch.Tensor  # (L,) int64
+
+
+class StepResult(NamedTuple):
+    state: LevelState
+    reseeded: torch.Tensor  # (L,) codes re-seeded per level
+    input_absmax: torch.Tensor  # (L,) this step's largest |input value| per level (sampled)
 
 
 def updated_state(state: LevelState, stats: StepStatistics, rule: UpdateRule) -> StepResult:

@@ -10,7 +10,7 @@ CONSTRAINTS := constraints.txt
 PIP_INSTALL = $(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS)
 export WANDB_MODE ?= offline
 
-.PHONY: venv test demo bench lint clean sweep
+.PHONY: venv test demo bench lint clean sweep speech
 
 venv: $(STAMP)
 
@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PIP_INSTALL) -e '.[dev]'
 	touch $(STAMP)
+	@echo "Installed into $(VENV). To use \`codec\` and \`lightning\` directly: source $(VENV)/bin/activate"
 
 $(BENCH_STAMP): $(STAMP)
 	$(PIP_INSTALL) -e '.[dev,bench]'
@@ -26,7 +27,8 @@ $(BENCH_STAMP): $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-# Short phase_1 and phase_b runs on the embedded data, then the reports' comparison, generated.
+# Short phase_1 and phase_b runs on the embedded data, then the reports' comparison, generated:
+# compare.md, curves and listen.html (audio examples and spectrograms) in $(DEMO_ROOT)/compare/.
 DEMO_STEPS ?= 300
 DEMO_ROOT ?= runs/demo
 DEMO_ARGS = --trainer.max_steps=$(DEMO_STEPS) --trainer.val_check_interval=100 --run.root=$(DEMO_ROOT) \
@@ -34,15 +36,22 @@ DEMO_ARGS = --trainer.max_steps=$(DEMO_STEPS) --trainer.val_check_interval=100 -
 demo: $(STAMP)
 	$(VENV)/bin/codec fit -c conf/phase_1.yaml $(DEMO_ARGS)
 	$(VENV)/bin/codec fit -c conf/phase_b.yaml $(DEMO_ARGS)
-	$(PY) -m codec.report $(DEMO_ROOT)/phase_1 $(DEMO_ROOT)/phase_b
 	$(VENV)/bin/codec compare $(DEMO_ROOT)/phase_1 $(DEMO_ROOT)/phase_b --out $(DEMO_ROOT)/compare
 
 # An Optuna ablation study from sweeps/$(ABLATION).yaml; re-running resumes it (storage under runs/sweeps/).
-# TRIALS= and STEPS= shorten it, JOBS= runs worker processes: make sweep ABLATION=normalization TRIALS=2 STEPS=100
+# TRIALS= and STEPS= shorten it, SEEDS= replicates each arm, JOBS= runs worker processes:
+# make sweep ABLATION=normalization TRIALS=2 STEPS=100 SEEDS=3
 ABLATION ?= normalization
-SWEEP_ARGS = $(if $(TRIALS),--trials=$(TRIALS)) $(if $(STEPS),--steps=$(STEPS)) $(if $(JOBS),--jobs=$(JOBS))
+SWEEP_ARGS = $(if $(TRIALS),--trials=$(TRIALS)) $(if $(STEPS),--steps=$(STEPS)) $(if $(SEEDS),--seeds=$(SEEDS)) \
+	$(if $(JOBS),--jobs=$(JOBS))
 sweep: $(STAMP)
 	$(VENV)/bin/codec sweep sweeps/$(ABLATION).yaml $(SWEEP_ARGS)
+
+# A folder of speech to train on: espeak-ng in 8 voices + the alsa-utils recordings (scripts/make_speech.sh).
+# make speech SPEECH_DIR=data/speech; then codec fit -c conf/phase_b.yaml --data.data_dir=data/speech
+SPEECH_DIR ?= data/speech
+speech:
+	scripts/make_speech.sh $(SPEECH_DIR)
 
 bench: $(BENCH_STAMP)
 	$(PY) bench/quantizer.py

@@ -4,12 +4,13 @@ Every .wav/.flac/.ogg under DIR (recursive) is read with the project's folder sc
 (`codec.data.folder.scan_audio_files`: unreadable files are skipped, named and
 counted), mixed to mono and resampled to the model's rate. Whole files are coded;
 a file longer than `--segment-seconds` (default 30 s) is cut into equal pieces no
-longer than that, to bound memory. Per mode:
-
-- SNR and SI-SDR (torchmetrics): mean over pieces, as the validation metrics;
-- mel distance (`codec.losses.mel_distance`): mean over pieces weighted by length;
-- RMS ratio: sqrt(output energy / target energy) over the whole folder;
-- per level: perplexity and codes used of the code histogram over the whole folder.
+longer than that, to bound memory. Per mode, the metrics are validation's own accumulators
+(`codec.metrics.AudioMetrics` and `CodeUsage`) fed one piece at a time, so every key means
+what `val/audio/<key>` and `val/rvq/*` mean in training: SNR and SI-SDR (means over non-silent
+pieces), mel_l1 and stft_distance (means weighted by length), rms_ratio, rms_ratio_no_dc and
+per-band ratios (over the whole folder), correlation, dc_offset, dc_fraction, silent_items,
+`stoi` with --stoi; per level perplexity, codes used and bits used (usage entropy), and the
+nominal and used bitrates.
 
 Both passes run under `codec.quantize.modes.side_effect_free`. Train mode is `module.train()` with
 `codec.quantize.frozen_codebooks` under `torch.no_grad()`, every buffer of the
@@ -32,17 +33,14 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchmetrics.audio import ScaleInvariantSignalDistortionRatio, SignalNoiseRatio
 
 from codec.data.folder import scan_audio_files
 from codec.inference import UntrainedLevelWarning, load_module, read_mono, warn_untrained_levels
 from codec.json_safe import json_safe
-from codec.losses import mel_distance
+from codec.metrics import AudioMetrics, CodeUsage
 from codec.quantize.modes import side_effect_free
-from codec.quantize.stats import perplexity
 
 MODES = ("eval", "train")
-MIN_MEL_SAMPLES = 1025  # the mel distance's largest FFT (1024) needs more samples for its reflect padding
 
 
 @dataclass
@@ -54,16 +52,12 @@ class Clip:
 
 @dataclass
 class ModeResult:
-    snr_db: float
-    si_sdr_db: float
-    mel_distance: float
-    rms_ratio: float
-    levels: list[dict] = field(default_factory=list)  # level, perplexity, codes_used
+    audio: dict[str, float]  # AudioMetrics' keys: snr_db, si_sdr_db, mel_l1, rms_ratio, ... (validation's val/audio/*)
+    usage: dict  # CodeUsage's: levels (level, perplexity, codes_used, bits_used), bitrate_kbps, bitrate_used_kbps
     codes: list[torch.Tensor] = field(default_factory=list, repr=False)  # (levels, T) per clip
 
     def to_dict(self) -> dict:
-        return {"snr_db": self.snr_db, "si_sdr_db": self.si_sdr_db, "mel_distance": self.mel_distance,
-                "rms_ratio": self.rms_ratio, "levels": self.levels}
+        return {**self.audio, **self.usage}
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -92,40 +86,18 @@ def _mode(module: nn.Module, mode: str):
     return side_effect_free(module, train=(mode == "train"))
 
 
-def run_mode(module, clips: list[Clip], mode: str, num_levels: int | None = None) -> ModeResult:
-    snr, si_sdr = SignalNoiseRatio(), ScaleInvariantSignalDistortionRatio()
-    mel_sum = mel_weight = pred_energy = target_energy = 0.0
-    size = module.quantizer.codebook_size
-    histograms: list[torch.Tensor] = []
+def run_mode(module, clips: list[Clip], mode: str, num_levels: int | None = None, stoi: bool = False) -> ModeResult:
+    """The validation accumulators (`codec.metrics`) over every clip, one clip at a time."""
+    audio = AudioMetrics(module.sample_rate, stoi=stoi)
+    usage = CodeUsage(module.quantizer.num_quantizers, module.quantizer.codebook_size, module.frame_rate)
     codes_per_clip = []
     with _mode(module, mode):
         for clip in clips:
-            target = clip.audio
-            out = module.codec(target, num_levels=num_levels)
-            pred = out.audio.float()
-            snr.update(pred.flatten(1), target.flatten(1))
-            si_sdr.update(pred.flatten(1), target.flatten(1))
-            n = target.shape[-1]
-            pad = max(0, MIN_MEL_SAMPLES - n)
-            mel = mel_distance(torch.nn.functional.pad(pred, (0, pad)), torch.nn.functional.pad(target, (0, pad)),
-                               module.sample_rate)
-            mel_sum += float(mel) * n
-            mel_weight += n
-            pred_energy += float(pred.double().pow(2).sum())
-            target_energy += float(target.double().pow(2).sum())
-            codes = out.vq.codes[0]  # (levels, T)
-            codes_per_clip.append(codes.clone())
-            if not histograms:
-                histograms = [torch.zeros(size, dtype=torch.long) for _ in range(codes.shape[0])]
-            for level, row in enumerate(codes):
-                histograms[level] += torch.bincount(row, minlength=size)
-    levels = [{"level": i, "perplexity": perplexity(h), "codes_used": int((h > 0).sum())}
-              for i, h in enumerate(histograms)]
-    return ModeResult(
-        snr_db=float(snr.compute()), si_sdr_db=float(si_sdr.compute()), mel_distance=mel_sum / max(mel_weight, 1),
-        rms_ratio=math.sqrt(pred_energy / target_energy) if target_energy > 0 else float("nan"),
-        levels=levels, codes=codes_per_clip,
-    )
+            out = module.codec(clip.audio, num_levels=num_levels)
+            audio.update(out.audio, clip.audio)
+            usage.update(out.vq.codes)
+            codes_per_clip.append(out.vq.codes[0].clone())  # (levels, T)
+    return ModeResult({k: float(v) for k, v in audio.compute().items()}, usage.compute(), codes_per_clip)
 
 
 def agreement(a: ModeResult, b: ModeResult) -> list[float]:
@@ -134,11 +106,11 @@ def agreement(a: ModeResult, b: ModeResult) -> list[float]:
     return [float((ca[i] == cb[i]).double().mean()) for i in range(min(ca.shape[0], cb.shape[0]))]
 
 
-def evaluate(module, clips: list[Clip], num_levels: int | None = None) -> dict:
+def evaluate(module, clips: list[Clip], num_levels: int | None = None, stoi: bool = False) -> dict:
     """Both modes on `clips`; the module is left in eval mode with every buffer as it was."""
     if not clips:
         raise ValueError("no audio to evaluate")
-    results = {mode: run_mode(module, clips, mode, num_levels) for mode in MODES}
+    results = {mode: run_mode(module, clips, mode, num_levels, stoi) for mode in MODES}
     module.eval()
     return {
         "num_levels": num_levels or int(module.quantizer.num_active),
@@ -149,6 +121,13 @@ def evaluate(module, clips: list[Clip], num_levels: int | None = None) -> dict:
 
 
 # ------------------------------------------------------------------------------------- printing
+TABLE_ROWS = (("snr_db", "SNR dB"), ("si_sdr_db", "SI-SDR dB"), ("mel_l1", "mel distance"),
+              ("stft_distance", "STFT distance"), ("rms_ratio", "RMS ratio"), ("rms_ratio_no_dc", "RMS ratio no DC"),
+              ("correlation", "correlation"), ("dc_offset", "DC offset"), ("dc_fraction", "DC fraction"),
+              ("stoi", "STOI"), ("silent_items", "silent pieces"), ("bitrate_kbps", "kbit/s nominal"),
+              ("bitrate_used_kbps", "kbit/s used"))
+
+
 def format_table(report: dict) -> str:
     eval_, train = report["modes"]["eval"], report["modes"]["train"]
     lines = [
@@ -157,15 +136,16 @@ def format_table(report: dict) -> str:
         f"{report['skipped']} skipped, {report['num_levels']} levels",
         f"{'metric':<16} {'eval':>10} {'train':>10}",
     ]
-    for key, label in (("snr_db", "SNR dB"), ("si_sdr_db", "SI-SDR dB"), ("mel_distance", "mel distance"),
-                       ("rms_ratio", "RMS ratio")):
-        lines.append(f"{label:<16} {eval_[key]:>10.3f} {train[key]:>10.3f}")
+    for key, label in TABLE_ROWS:
+        if key in eval_:
+            lines.append(f"{label:<16} {eval_[key]:>10.3f} {train[key]:>10.3f}")
     size = report["codebook_size"]
     for e, t, agree in zip(eval_["levels"], train["levels"], report["agreement"], strict=True):
         q = f"q{e['level']}"
         lines.append(f"{q + ' perplexity':<16} {e['perplexity']:>10.2f} {t['perplexity']:>10.2f}")
         lines.append(f"{q + ' codes used':<16} {str(e['codes_used']) + '/' + str(size):>10} "
                      f"{str(t['codes_used']) + '/' + str(size):>10}")
+        lines.append(f"{q + ' bits used':<16} {e['bits_used']:>10.2f} {t['bits_used']:>10.2f}")
         lines.append(f"{q + ' agreement':<16} {agree:>21.3f}")
     for path in report["skipped_files"]:
         lines.append(f"skipped: {path}")
@@ -183,6 +163,9 @@ def main(argv: list[str]) -> int:
                         help="levels to use (at most the checkpoint's active levels; default: all active)")
     parser.add_argument("--segment-seconds", type=float, default=30.0,
                         help="files longer than this are coded in equal pieces no longer than it (memory)")
+    parser.add_argument("--stoi", action="store_true",
+                        help="also STOI (short-time objective intelligibility, torchmetrics + pystoi): for speech "
+                             "of a few seconds or more per file; needs pip install 'codec-lab[perceptual]'")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv[1:])
     if args.segment_seconds <= 0:
@@ -204,8 +187,8 @@ def main(argv: list[str]) -> int:
             warn_untrained_levels(module, n, args.checkpoint, "evaluating")
         for w in caught:
             print(f"codec eval: WARNING: {w.message}", file=sys.stderr)
-        result = evaluate(module, clips, args.num_levels)
-    except (FileNotFoundError, ValueError) as error:
+        result = evaluate(module, clips, args.num_levels, args.stoi)
+    except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"codec eval: {error}", file=sys.stderr)
         return 2
     root = Path(args.data)

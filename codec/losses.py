@@ -245,6 +245,31 @@ class MultiBandRMSLoss(nn.Module):
         return F.l1_loss(self.band_rms(pred), self.band_rms(target))
 
 
+class LoudnessLoss(nn.Module):
+    """L1 between the frame levels of pred and target in decibels: mean |20 log10(rms_p / rms_t)|
+    over frames (1024 samples, hop 256 = 64/16 ms at 16 kHz), levels floored at `floor_db` dBFS.
+
+    Why (issue 10): the log-mel and log-STFT L1 losses match the *median* of log-magnitudes bin by
+    bin, so a reconstruction whose spectrum is smoothed (energy missing from the peaks, added in
+    the valleys) settles below the target's energy: the steady under-amplitude (RMS ratio
+    0.3-0.7) of mel-heavy training. A frame's level is one number per frame, so its L1 is not
+    biased by how the energy is spread inside the frame, and in decibels it weighs quiet and loud
+    items alike, as the mel loss does; unlike frame_rms (linear, bounded by the target's level,
+    F3) it does not vanish for quiet items.
+    """
+
+    def __init__(self, frame_length: int = 1024, hop_length: int = 256, floor_db: float = -100.0):
+        super().__init__()
+        self.frame_length, self.hop_length = frame_length, hop_length
+        self.floor = 10.0 ** (floor_db / 20.0)
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        _check_pair(pred, target)
+        levels = [20.0 * torch.log10(frame_rms(x, self.frame_length, self.hop_length).clamp_min(self.floor))
+                  for x in (pred, target)]
+        return F.l1_loss(*levels)
+
+
 class AbsoluteRMSLoss(nn.Module):
     """mse(rms(pred), target_rms), rms per item over the whole signal; `target` is unused.
 
@@ -327,7 +352,7 @@ class ParameterNormLoss(nn.Module):
 
 
 WEIGHT_FIELDS = ("stft", "mel", "l1", "frame_rms", "multiband_rms", "abs_rms", "scale_anchor",
-                 "norm_reg", "vq")
+                 "norm_reg", "loudness", "vq")
 
 
 @dataclass
@@ -343,6 +368,7 @@ class LossConfig:
         abs_rms: weight of the absolute-RMS loss, mse(rms(pred), abs_rms_target) (phase_a_v2).
         scale_anchor: weight of the scale-anchor loss, mse(rms(target) / rms(pred), 1).
         norm_reg: weight of the parameter-norm regularisation, mse(||W||, initial ||W||).
+        loudness: weight of the frame-level loudness L1 in dB (`LoudnessLoss`, issue 10).
         abs_rms_target: output RMS the absolute-RMS loss aims for (the reports use 0.075).
         norm_reg_params: parameter names, as in the codec's named_parameters(), to regularise.
         vq: weight of the VQ (commitment + codebook) losses, added by the training module.
@@ -357,6 +383,7 @@ class LossConfig:
     abs_rms: float = 0.0
     scale_anchor: float = 0.0
     norm_reg: float = 0.0
+    loudness: float = 0.0
     abs_rms_target: float = 0.075
     norm_reg_params: list[str] = field(default_factory=lambda: ["out_proj.weight"])
     vq: float = 1.0
@@ -404,6 +431,7 @@ class ReconstructionLoss(nn.Module):
             "abs_rms": lambda: AbsoluteRMSLoss(config.abs_rms_target),
             "scale_anchor": ScaleAnchorLoss,
             "norm_reg": lambda: ParameterNormLoss(config.norm_reg_params),
+            "loudness": LoudnessLoss,
         }
         self.weights = {name: getattr(config, name) for name in builders
                         if getattr(config, name) > 0}

@@ -1,9 +1,22 @@
 """CodecModule: the LightningModule that trains a Codec and logs what the reports needed to see.
 
-Metric names follow `{stage}/{group}/{name}` (design.md): train/loss/*,
-train/rvq/*, val/audio/*, val/rvq/*. The optimizer and its schedule come from
-LightningCLI's `optimizer:` / `lr_scheduler:` config keys (AdamW by default
-when the module is used outside the CLI).
+Metric names follow `{stage}/{group}/{name}` (design.md): train/loss/*, train/rvq/*,
+val/audio/*, val/rvq/*. Validation metrics come from `codec.metrics` (the same accumulator
+`codec eval` uses).
+
+Optimization. The codec's optimizer and schedule come from LightningCLI's `optimizer:` and
+`lr_scheduler:` keys (conf/defaults.yaml), or AdamW + `WarmupExponentialLR` with the same
+recipe when the module is used without them; the schedule is stepped after every optimizer
+step. Without adversarial training, Lightning's automatic optimization runs the step (and
+`trainer.gradient_clip_val` clips it), exactly as before the GAN existed. With
+`adversarial.enabled` the module switches to manual optimization: per batch, one codec forward,
+then (after warm-up) a discriminator step, then the codec step, clipped by the module
+(`adversarial.generator_clip_norm`: Lightning neither clips under manual optimization nor
+accepts `trainer.gradient_clip_val` there). The discriminator steps through the strategy (so
+precision plugins apply) but not through Lightning's optimizer wrapper, whose step is what
+advances `trainer.global_step` under manual optimization: `global_step` counts codec steps
+only, so max_steps, validation and checkpoint intervals, the progressive schedule and the
+monitors' windows mean the same with and without a discriminator.
 """
 
 from __future__ import annotations
@@ -12,13 +25,21 @@ from dataclasses import asdict
 
 import lightning as L
 import torch
-from torch import nn
-from torchmetrics import MeanMetric, SumMetric
-from torchmetrics.audio import ScaleInvariantSignalDistortionRatio, SignalNoiseRatio
 
-from codec.losses import LossConfig, MultiBandRMSLoss, ReconstructionLoss, mel_distance, vq_weight
+from codec.adversarial import (
+    AdversarialConfig,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+)
+from codec.losses import LossConfig, ReconstructionLoss, vq_weight
+from codec.lr_schedule import WarmupExponentialLR
+from codec.metrics import AudioMetrics, CodeUsage
 from codec.model import Codec, QuantizerConfig, StructureConfig
-from codec.quantize.stats import perplexity
+
+# The shared recipe's optimizer, for use without LightningCLI (conf/defaults.yaml is the reference).
+DEFAULT_LR, DEFAULT_BETAS, DEFAULT_WEIGHT_DECAY = 5e-4, (0.8, 0.99), 0.01
+DEFAULT_WARMUP_STEPS, DEFAULT_DECAY = 200, 0.999996
 
 
 def _config(cls, value):
@@ -39,6 +60,8 @@ class CodecModule(L.LightningModule):
             waveform normalization).
         quantizer: the residual quantizer's options (normalization, update rule, init, ...).
         losses: weights of every loss (0 = not computed) and the VQ warm-up.
+        adversarial: adversarial training (discriminators, losses, warm-up, their optimizer);
+            off by default (conf/gan.yaml turns it on).
     """
 
     def __init__(
@@ -47,29 +70,26 @@ class CodecModule(L.LightningModule):
         structure: StructureConfig | None = None,
         quantizer: QuantizerConfig | None = None,
         losses: LossConfig | None = None,
+        adversarial: AdversarialConfig | None = None,
     ):
         super().__init__()
         # Plain dicts in the frame's locals, so the checkpoint's hparams load with weights_only=True.
         structure = asdict(_config(StructureConfig, structure))
         quantizer = asdict(_config(QuantizerConfig, quantizer))
         losses = asdict(_config(LossConfig, losses))
+        adversarial = asdict(_config(AdversarialConfig, adversarial))
         self.save_hyperparameters()
         self.sample_rate = sample_rate
         self.loss_config = LossConfig(**losses)
+        self.adversarial = AdversarialConfig(**adversarial)
         self.codec = Codec(StructureConfig(**structure), QuantizerConfig(**quantizer))
         self.reconstruction = ReconstructionLoss(self.loss_config, sample_rate)
-        self.val_snr = SignalNoiseRatio()
-        self.val_si_sdr = ScaleInvariantSignalDistortionRatio()
-        self.val_mel = MeanMetric()
-        self.val_pred_energy = SumMetric()
-        self.val_target_energy = SumMetric()
-        # Per-band RMS ratios at validation (F3: which part of the spectrum lost its level).
-        nyquist = sample_rate / 2
-        edges = [e for e in (0.0, 500.0, 2000.0) if e < nyquist] + [nyquist]
-        self.val_bands = MultiBandRMSLoss(sample_rate, tuple(zip(edges[:-1], edges[1:], strict=True)))
-        bands = len(self.val_bands.bands_hz)  # energy sums of pred and target, one metric per band
-        self.val_band_energy = nn.ModuleList([nn.ModuleList([SumMetric() for _ in range(bands)]) for _ in range(2)])
-        self._val_histograms: list[torch.Tensor] = []
+        self.discriminator = self.adversarial.build_discriminator() if self.adversarial.enabled else None
+        self.automatic_optimization = self.discriminator is None
+        self.frame_rate = sample_rate / self.codec.hop_length
+        self.val_audio = AudioMetrics(sample_rate)
+        self.val_codes = CodeUsage(self.quantizer.num_quantizers, self.quantizer.codebook_size, self.frame_rate)
+        self._cli_optimizer = None
 
     @property
     def quantizer(self):
@@ -78,22 +98,78 @@ class CodecModule(L.LightningModule):
     def forward(self, audio: torch.Tensor):
         return self.codec(audio)
 
+    def bitrate_kbps(self, num_levels: int | None = None) -> float:
+        """Nominal bitrate of the codes: levels x log2(codebook size) x frames per second."""
+        return self.quantizer.bits_per_frame(num_levels) * self.frame_rate / 1000.0
+
     # ---------------------------------------------------------------- training
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
         out = self.codec(batch)
         recon, parts = self.reconstruction(out.audio, batch, model=self.codec)
         vq_total = sum(out.vq.losses.values())
         total = recon + vq_weight(self.global_step, self.loss_config) * vq_total
-        if self._writes_logs_this_step():
+        write_logs = self._writes_logs_this_step()
+        if self.discriminator is not None:
+            total, adv_logs = self._adversarial_step(batch, out.audio, total, write_logs)
+            parts.update(adv_logs)
+        if write_logs:
             logs = {f"train/loss/{name}": value for name, value in parts.items()}
             logs["train/loss/vq_commit"] = out.vq.losses["commit"].detach()
             if "codebook" in out.vq.losses:
                 logs["train/loss/vq_codebook"] = out.vq.losses["codebook"].detach()
             logs["train/loss/total"] = total.detach()
             logs["train/rvq/num_active"] = float(self.quantizer.num_active)
+            logs["train/rvq/bitrate_kbps"] = self.bitrate_kbps()
             logs.update(self._level_logs("train"))
             self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch.shape[0])
-        return total
+        return total if self.automatic_optimization else None
+
+    def _adversarial_step(self, target: torch.Tensor, output: torch.Tensor, codec_loss: torch.Tensor,
+                          logging: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One discriminator step (after warm-up) and one codec step; returns the codec's total loss
+        and the adversarial terms for `train/loss/adv/*`."""
+        cfg = self.adversarial
+        codec_opt, disc_opt = self.optimizers()
+        schedulers = self.lr_schedulers() or []
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        weight = cfg.weight(self.global_step)
+        logs: dict[str, torch.Tensor] = {"adv/weight": torch.tensor(weight)}
+        if weight > 0:
+            # Discriminator step on the detached output: no gradient reaches the codec.
+            d_loss = discriminator_loss(self.discriminator(target), self.discriminator(output.detach()), cfg.loss)
+            disc_opt.zero_grad()
+            self.manual_backward(d_loss)
+            if cfg.discriminator_clip_norm:
+                self.clip_gradients(disc_opt, gradient_clip_val=cfg.discriminator_clip_norm, gradient_clip_algorithm="norm")
+            # The raw optimizer through the strategy: LightningOptimizer.step() would count a global step.
+            self.trainer.strategy.optimizer_step(disc_opt.optimizer, closure=lambda: None, model=self)
+            self._step_scheduler(schedulers, disc_opt.optimizer)
+            logs["adv/discriminator"] = d_loss.detach()
+            # Codec's adversarial terms: the discriminator is frozen, so they train the codec only.
+            self.toggle_optimizer(codec_opt)
+            fake = self.discriminator(output)
+            with torch.no_grad():
+                real = self.discriminator(target)
+            g_adv, g_fm = generator_loss(fake, cfg.loss), feature_matching_loss(real, fake)
+            codec_loss = codec_loss + weight * (cfg.generator_weight * g_adv + cfg.feature_matching_weight * g_fm)
+            self.untoggle_optimizer(codec_opt)
+            logs["adv/generator"], logs["adv/feature_matching"] = g_adv.detach(), g_fm.detach()
+            if logging:
+                logs["adv/real_score"] = torch.stack([r[-1].mean() for r in real]).mean()
+                logs["adv/fake_score"] = torch.stack([f[-1].mean().detach() for f in fake]).mean()
+        codec_opt.zero_grad()
+        self.manual_backward(codec_loss)
+        if cfg.generator_clip_norm:
+            self.clip_gradients(codec_opt, gradient_clip_val=cfg.generator_clip_norm, gradient_clip_algorithm="norm")
+        codec_opt.step()  # the one step per batch that advances global_step
+        self._step_scheduler(schedulers, codec_opt.optimizer)
+        return codec_loss, logs
+
+    @staticmethod
+    def _step_scheduler(schedulers, optimizer) -> None:
+        for scheduler in schedulers:
+            if scheduler.optimizer is optimizer:
+                scheduler.step()
 
     def _writes_logs_this_step(self) -> bool:
         """Lightning writes step metrics every `log_every_n_steps`; log (and compute stats) only then.
@@ -118,45 +194,75 @@ class CodecModule(L.LightningModule):
         return logs
 
     # -------------------------------------------------------------- validation
-    def on_validation_epoch_start(self) -> None:
-        self._val_histograms = []
-
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         out = self.codec(batch)
-        pred, target = out.audio.flatten(1), batch.flatten(1)
-        self.val_snr.update(pred, target)
-        self.val_si_sdr.update(pred, target)
-        self.val_mel.update(mel_distance(out.audio, batch, self.sample_rate), weight=batch.shape[0])
-        self.val_pred_energy.update(pred.pow(2).sum())
-        self.val_target_energy.update(target.pow(2).sum())
-        for metrics, audio in zip(self.val_band_energy, (out.audio, batch), strict=True):
-            for metric, energy in zip(metrics, self.val_bands.band_rms(audio).pow(2).sum(dim=(0, 2)), strict=True):
-                metric.update(energy)
-        histograms = [level.last_histogram for level in self.quantizer.levels[: int(self.quantizer.num_active)]]
-        if not self._val_histograms:
-            self._val_histograms = [h.clone() for h in histograms]
-        else:
-            for acc, h in zip(self._val_histograms, histograms, strict=True):
-                acc += h
+        self.val_audio.update(out.audio, batch)
+        self.val_codes.update(out.vq.codes)
 
     def on_validation_epoch_end(self) -> None:
-        energy_ratio = self.val_pred_energy.compute() / self.val_target_energy.compute().clamp_min(1e-12)
-        logs = {
-            "val/audio/snr_db": self.val_snr.compute(),
-            "val/audio/si_sdr_db": self.val_si_sdr.compute(),
-            "val/audio/mel_l1": self.val_mel.compute(),
-            "val/audio/rms_ratio": energy_ratio.sqrt(),
-        }
-        for (low, high), pred, target in zip(self.val_bands.bands_hz, *self.val_band_energy, strict=True):
-            logs[f"val/audio/rms_ratio_{low:.0f}_{high:.0f}hz"] = (pred.compute() / target.compute().clamp_min(1e-12)).sqrt()
-        for level, hist in enumerate(self._val_histograms):
-            logs[f"val/rvq/q{level}/perplexity"] = perplexity(hist)
-            logs[f"val/rvq/q{level}/codes_used"] = float((hist > 0).sum())
-        for metric in (self.val_snr, self.val_si_sdr, self.val_mel, self.val_pred_energy, self.val_target_energy,
-                       *self.val_band_energy[0], *self.val_band_energy[1]):
-            metric.reset()
+        logs = validation_logs(self.val_audio.compute(), self.val_codes.compute())
+        self.val_audio.reset()
+        self.val_codes.reset()
         self.log_dict(logs)
 
+    # ------------------------------------------------------------ optimizers
+    def setup(self, stage: str) -> None:
+        # LightningCLI's `optimizer:`/`lr_scheduler:` keys replace configure_optimizers on the
+        # instance (over every parameter, the discriminator's too, with the epoch as the schedule's
+        # interval). Keep what it built and configure it here, so both modes share one path.
+        cli_configure = vars(self).pop("configure_optimizers", None)
+        if cli_configure is not None:
+            self._cli_optimizer = _optimizer_and_scheduler(cli_configure())
+
     def configure_optimizers(self):
-        # Used when the module is driven without LightningCLI; the CLI's optimizer key replaces it.
-        return torch.optim.AdamW(self.parameters(), lr=2e-3, weight_decay=0.0)
+        if self._cli_optimizer is not None:
+            optimizer, scheduler = self._cli_optimizer
+        else:
+            optimizer = torch.optim.AdamW(self.codec.parameters(), lr=DEFAULT_LR, betas=DEFAULT_BETAS,
+                                          weight_decay=DEFAULT_WEIGHT_DECAY)
+            scheduler = WarmupExponentialLR(optimizer, DEFAULT_WARMUP_STEPS, DEFAULT_DECAY)
+        if self.discriminator is not None:
+            _drop_parameters(optimizer, self.discriminator.parameters())
+        configs = [_optimizer_config(optimizer, scheduler)]
+        if self.discriminator is not None:
+            cfg = self.adversarial
+            disc_opt = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                                         weight_decay=cfg.weight_decay)
+            configs.append(_optimizer_config(disc_opt, WarmupExponentialLR(disc_opt, 0, cfg.lr_decay)))
+        return configs[0] if len(configs) == 1 else configs
+
+
+def validation_logs(audio: dict, codes: dict) -> dict[str, float]:
+    """`val/audio/*` and `val/rvq/*` from the accumulators' results."""
+    logs = {f"val/audio/{key}": float(value) for key, value in audio.items() if key != "items"}
+    for level in codes["levels"]:
+        for key in ("perplexity", "codes_used", "bits_used"):
+            logs[f"val/rvq/q{level['level']}/{key}"] = float(level[key])
+    logs["val/rvq/bitrate_kbps"] = codes["bitrate_kbps"]
+    logs["val/rvq/bitrate_used_kbps"] = codes["bitrate_used_kbps"]
+    return logs
+
+
+def _optimizer_and_scheduler(configured):
+    """(optimizer, scheduler or scheduler config or None) from what LightningCLI's configure_optimizers returns."""
+    if isinstance(configured, torch.optim.Optimizer):
+        return configured, None
+    if isinstance(configured, dict):
+        return configured["optimizer"], configured.get("lr_scheduler")
+    optimizers, schedulers = configured
+    return optimizers[0], (schedulers[0] if schedulers else None)
+
+
+def _optimizer_config(optimizer, scheduler) -> dict:
+    if scheduler is None:
+        return {"optimizer": optimizer}
+    if isinstance(scheduler, dict):  # e.g. ReduceLROnPlateau with its monitor: as configured
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _drop_parameters(optimizer: torch.optim.Optimizer, parameters) -> None:
+    """Remove `parameters` from the (not yet stepped) optimizer's groups."""
+    drop = {id(p) for p in parameters}
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in drop]

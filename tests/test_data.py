@@ -11,7 +11,13 @@ import soundfile as sf
 import torch
 from torch.utils.data import DataLoader
 
-from codec.data import AudioFolder, SkippedAudioWarning, SyntheticSpeech
+from codec.data import (
+    AudioFolder,
+    ResumableSampler,
+    SkippedAudioWarning,
+    SyntheticSpeech,
+    split_folder,
+)
 
 SR = 16000
 S = 8000  # 0.5 s at 16 kHz, the default segment
@@ -169,7 +175,7 @@ def test_folder_mixes_stereo_down_and_resamples_keeping_the_pitch(tmp_path):
 
 def test_folder_reads_ogg_vorbis(audio_dir):
     data = folder_quietly(audio_dir, val_fraction=0.0, random_crop=False)
-    [(ogg, start)] = [(f, start) for f, start in data.crops if f.relative == "voice.ogg"]
+    [(ogg, start)] = [(i, start) for i, start in data.crops if data.files[i].relative == "voice.ogg"]
     item = data._read(ogg, start)
     spectrum = torch.fft.rfft(item[0] * torch.hann_window(S)).abs()
     assert spectrum.argmax().item() * SR / S == pytest.approx(300, abs=SR / S)
@@ -304,7 +310,7 @@ def test_datamodule_keeps_workers_alive_between_epochs_only_when_it_has_workers(
         assert all(loader.num_workers == workers for loader in loaders)
         assert all(loader.persistent_workers == (workers > 0) for loader in loaders)
     assert data.val_dataloader().sampler.__class__.__name__ == "SequentialSampler"  # no shuffle
-    assert data.train_dataloader().sampler.__class__.__name__ == "RandomSampler"
+    assert data.train_dataloader().sampler.__class__.__name__ == "ResumableSampler"
 
 
 def test_datamodule_arguments_are_typed_and_documented_for_the_cli():
@@ -320,3 +326,196 @@ def test_datamodule_arguments_are_typed_and_documented_for_the_cli():
         parser.parse_args(["--data.batch_size=many"])
     help_text = parser.format_help()
     assert "Share of the folder's files held out" in help_text  # docstring Args reach the help
+
+
+# --- a folder's own split ------------------------------------------------------------------------
+
+
+def tone_files(folder, count, prefix="take"):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        sf.write(folder / f"{prefix}{i}.wav", sine(200 + 50 * i, 0.6, SR), SR)
+
+
+def test_train_and_val_subfolders_are_the_split(tmp_path):
+    tone_files(tmp_path / "train", 5)
+    tone_files(tmp_path / "val", 4)
+    split = split_folder(tmp_path, val_fraction=0.5)
+    assert sorted(f.relative for f in split.val) == [f"take{i}.wav" for i in range(4)]
+    assert all(f.path.parent.name == "val" for f in split.val)
+    assert all(f.path.parent.name == "train" for f in split.train) and len(split.train) == 5
+    assert "own split" in split.describe() and "5 training files, 4 validation files" in split.describe()
+
+
+def test_val_dir_validates_and_is_left_out_of_training_even_inside_data_dir(tmp_path):
+    tone_files(tmp_path / "corpus", 3)
+    tone_files(tmp_path / "corpus" / "held_out", 2, prefix="held")
+    split = split_folder(tmp_path / "corpus", val_dir=tmp_path / "corpus" / "held_out")
+    assert {f.path.name for f in split.val} == {"held0.wav", "held1.wav"}
+    assert {f.path.name for f in split.train} == {"take0.wav", "take1.wav", "take2.wav"}
+    assert "val_dir" in split.describe() and "3 training files, 2 validation files" in split.describe()
+
+
+def test_hash_split_only_without_a_split_of_its_own_and_the_log_says_which(tmp_path, caplog):
+    from codec.data import AudioDataModule
+
+    tone_files(tmp_path / "flat", 6)
+    (tmp_path / "flat" / "notes.txt").write_text("not audio")
+    data = AudioDataModule(data_dir=str(tmp_path / "flat"), val_fraction=0.3, batch_size=2, train_items=4)
+    with caplog.at_level("INFO"):
+        data.setup("fit")
+    line = data.split_description
+    assert "hash split" in line and f"{len(data.train_set.files)} training files" in line
+    assert "1 non-audio files ignored (notes.txt)" in line
+    assert line in caplog.text
+    own = AudioDataModule(data_dir=str(tmp_path / "own"), batch_size=2, train_items=4)
+    tone_files(tmp_path / "own" / "train", 3)
+    tone_files(tmp_path / "own" / "val", 2)
+    own.setup("fit")
+    assert len(own.train_set.files) == 3 and len(own.val_set.files) == 2
+
+
+def test_a_broken_symlink_is_skipped_and_counted_by_name(tmp_path):
+    tone_files(tmp_path, 2)
+    (tmp_path / "gone.wav").symlink_to(tmp_path / "nowhere.wav")
+    with pytest.warns(SkippedAudioWarning, match="gone.wav.*broken symbolic link"):
+        split = split_folder(tmp_path, val_fraction=0.3)
+    assert [(p.name, "broken" in reason) for p, reason in split.skipped] == [("gone.wav", True)]
+
+
+# --- bad files found when read -------------------------------------------------------------------
+
+
+def nan_wav(path, seconds=1.0):
+    audio = sine(300, seconds, SR)
+    audio[len(audio) // 2 : len(audio) // 2 + 100] = np.nan  # inside every crop of the file
+    sf.write(path, audio, SR, subtype="FLOAT")
+
+
+def corrupt_flac(path, seconds=3.0):
+    sf.write(path, sine(300, seconds, SR), SR)
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 2000] = np.random.default_rng(0).integers(0, 256, 2000, dtype=np.uint8).tobytes()
+    path.write_bytes(bytes(data))
+
+
+def test_the_scan_passes_nan_and_mid_file_corruption_that_reading_then_finds(tmp_path):
+    nan_wav(tmp_path / "nan.wav")
+    corrupt_flac(tmp_path / "broken_middle.flac")
+    sf.write(tmp_path / "silent.wav", np.zeros(SR, np.float32), SR)
+    sf.write(tmp_path / "good.wav", sine(200, 3.0, SR), SR)
+    data = folder_quietly(tmp_path, val_fraction=0.0, random_crop=False, items_per_epoch=12)
+    assert len(data.files) == 4  # the cheap scan sees nothing wrong
+    with pytest.warns(SkippedAudioWarning) as caught:
+        skipped = dict((p.name, reason) for p, reason in data.check_fixed_crops())
+    assert skipped == {"nan.wav": "NaN or inf samples", "broken_middle.flac": "unreadable",
+                       "silent.wav": "digitally silent (all zero)"}
+    messages = " ".join(str(w.message) for w in caught)
+    assert "nan.wav" in messages and "100 NaN or inf samples" in messages and "lost sync" in messages
+    assert {data.files[i].path.name for i, _ in data.crops} == {"good.wav"}  # crops dealt again
+    assert all(torch.isfinite(data[i]).all() for i in range(len(data)))
+
+
+def test_a_bad_training_crop_is_replaced_and_its_file_excluded_from_then_on(tmp_path):
+    nan_wav(tmp_path / "a_nan.wav", seconds=0.5)  # as long as a segment: every crop holds the NaN
+    sf.write(tmp_path / "b_good.wav", sine(200, 1.0, SR), SR)
+    data = folder_quietly(tmp_path, val_fraction=0.0, random_crop=True, items_per_epoch=4)
+    [nan_index] = [i for i, f in enumerate(data.files) if f.path.name == "a_nan.wav"]
+    reads = []
+    original = data._read
+    data._read = lambda i, start: reads.append(i) or original(i, start)
+    with pytest.warns(SkippedAudioWarning, match="a_nan.wav.*100 NaN or inf samples.*1 of 2 train files"):
+        item = data[nan_index]
+    assert torch.isfinite(item).all() and item.abs().max() > 0.1  # a crop of the good file instead
+    assert reads == [nan_index, 1 - nan_index]
+    reads.clear()
+    for _ in range(5):
+        data[nan_index]
+    assert reads == [1 - nan_index] * 5  # never read again
+
+
+def test_files_found_bad_in_dataloader_workers_are_known_to_the_main_process(tmp_path):
+    for i in range(3):
+        nan_wav(tmp_path / f"nan{i}.wav", seconds=0.5)  # every crop is the whole file: NaN every time
+    sf.write(tmp_path / "good.wav", sine(200, 1.0, SR), SR)
+    data = folder_quietly(tmp_path, val_fraction=0.0, random_crop=True, items_per_epoch=16)
+    loader = DataLoader(data, batch_size=4, num_workers=2)
+    batches = list(loader)
+    assert all(torch.isfinite(b).all() for b in batches) and sum(len(b) for b in batches) == 16
+    assert sorted(p.name for p, _ in data.bad.skipped()) == ["nan0.wav", "nan1.wav", "nan2.wav"]
+    assert data.bad.good() == [i for i, f in enumerate(data.files) if f.path.name == "good.wav"]
+
+
+def test_a_file_with_some_silence_is_kept_and_a_silent_file_skipped(tmp_path):
+    audio = np.zeros(2 * SR, np.float32)
+    audio[SR:] = sine(300, 1.0, SR)
+    sf.write(tmp_path / "half_silent.wav", audio, SR)
+    sf.write(tmp_path / "silent.wav", np.zeros(2 * SR, np.int16), SR, subtype="PCM_16")
+    data = folder_quietly(tmp_path, val_fraction=0.0, random_crop=False, items_per_epoch=8)
+    with pytest.warns(SkippedAudioWarning, match="silent.wav.*digital silence"):
+        data.check_fixed_crops()
+    assert [p.name for p, _ in data.bad.skipped()] == ["silent.wav"]
+    assert {data.files[i].path.name for i, _ in data.crops} == {"half_silent.wav"}
+    assert any(not data[i].any() for i in range(len(data)))  # its silent crops stay: silence is data
+
+
+def test_every_validation_file_bad_leaves_no_validation_and_says_so(tmp_path):
+    from codec.data import AudioDataModule
+
+    tone_files(tmp_path / "train", 2)
+    (tmp_path / "val").mkdir()
+    corrupt_flac(tmp_path / "val" / "only.flac", seconds=1.0)
+    data = AudioDataModule(data_dir=str(tmp_path), batch_size=2, train_items=4)
+    with pytest.warns(UserWarning, match="NO VALIDATION.*only.flac"):
+        data.setup("fit")
+    assert data.val_dataloader() == []
+    assert [p.name for p, _ in data.skipped_files()] == ["only.flac"]
+
+
+# --- resumable order -----------------------------------------------------------------------------
+
+
+def test_sampler_order_is_a_function_of_seed_and_epoch_and_resumes_mid_epoch():
+    sampler = ResumableSampler(10, seed=3)
+    first = list(sampler)
+    assert sorted(first) == list(range(10)) and list(sampler) == first
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and sorted(second) == list(range(10))
+    assert list(ResumableSampler(10, seed=4)) != first
+    resumed = ResumableSampler(10, seed=3)
+    resumed.resume(epoch=1, consumed=6)
+    assert list(resumed) == second[6:]
+    assert list(resumed) == second  # the skip applies once
+    resumed.resume(epoch=0, consumed=4)
+    resumed.set_epoch(1)  # Lightning moved on to the next epoch: nothing to skip there
+    assert list(resumed) == second
+
+
+def test_random_crops_are_a_function_of_the_draw_in_any_process(tmp_path):
+    rng = np.random.default_rng(1)
+    sf.write(tmp_path / "long.wav", 0.1 * rng.standard_normal(4 * SR).astype(np.float32), SR)
+    data = AudioFolder(tmp_path, val_fraction=0.0, random_crop=True, items_per_epoch=8)
+    sampler = ResumableSampler(8, seed=0, draws=True)
+    keys = list(sampler)
+    assert len({draw for _, draw in keys}) == 8
+    in_main = torch.stack([data[key] for key in keys])
+    assert torch.equal(in_main, torch.stack([data[key] for key in keys]))
+    assert not torch.equal(in_main[0], in_main[1])
+    in_workers = torch.cat(list(DataLoader(data, batch_size=2, sampler=sampler, num_workers=2)))
+    assert torch.equal(in_workers, in_main)
+
+
+def test_validation_files_that_go_bad_after_setup_give_silent_items_and_a_loud_warning(tmp_path):
+    sf.write(tmp_path / "only.flac", sine(300, 3.0, SR), SR)
+    from codec.data.folder import scan_folder
+
+    files = scan_folder(tmp_path).readable
+    data = AudioFolder(files=files, split="val", random_crop=False, items_per_epoch=6)
+    assert data.check_fixed_crops() == [] and len(data) == 6  # crops tile the whole file
+    corrupt_flac(tmp_path / "only.flac")  # replaced on disk mid-run by a file corrupt in the middle
+    with pytest.warns(SkippedAudioWarning, match="EVERY validation file"):
+        [data[i] for i in range(len(data))]
+    assert [p.name for p, _ in data.bad.skipped()] == ["only.flac"]
+    assert all(data[i].shape == (1, S) and not data[i].any() for i in range(len(data)))  # the run goes on

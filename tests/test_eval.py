@@ -60,10 +60,17 @@ def test_eval_json_has_both_modes_finite_metrics_and_counts_the_corrupt_file(che
     assert set(report["modes"]) == {"eval", "train"}
     assert report["num_levels"] == 4
     for mode in report["modes"].values():
-        assert set(mode) == {"snr_db", "si_sdr_db", "mel_distance", "rms_ratio", "levels"}
-        assert mode["rms_ratio"] > 0 and mode["mel_distance"] > 0
+        # validation's val/audio/* keys (codec.metrics.AudioMetrics) and val/rvq/* (CodeUsage)
+        assert set(mode) == {"snr_db", "si_sdr_db", "mel_l1", "stft_distance", "rms_ratio", "rms_ratio_no_dc",
+                             "rms_ratio_0_500hz", "rms_ratio_500_2000hz", "rms_ratio_2000_8000hz", "correlation",
+                             "dc_offset", "dc_fraction", "silent_items", "items", "levels", "bitrate_kbps",
+                             "bitrate_used_kbps"}
+        assert mode["rms_ratio"] > 0 and mode["mel_l1"] > 0 and mode["silent_items"] == 0 and mode["items"] == 2
         assert [lv["level"] for lv in mode["levels"]] == [0, 1, 2, 3]
-        assert all(1 <= lv["codes_used"] <= 16 and 1.0 <= lv["perplexity"] <= 16.0 for lv in mode["levels"])
+        assert all(1 <= lv["codes_used"] <= 16 and 1.0 <= lv["perplexity"] <= 16.0 and 0 <= lv["bits_used"] <= 4
+                   for lv in mode["levels"])
+        assert mode["bitrate_kbps"] == pytest.approx(4 * 4 * 16000 / 40 / 1000)  # 4 levels x 4 bits x 400 frames/s
+        assert mode["bitrate_used_kbps"] == pytest.approx(sum(lv["bits_used"] for lv in mode["levels"]) * 0.4)
     assert all(math.isfinite(x) for x in _numbers(report))
     # This codec has no dropout or batch statistics and the train pass freezes the codebooks,
     # so both modes choose the same codes.
@@ -99,6 +106,18 @@ def test_long_files_are_cut_into_equal_pieces(folder):
     tone = [c for c in clips if c.file == "tone.wav"]
     assert [c.piece for c in tone] == [0, 1, 2]
     assert sum(c.audio.shape[-1] for c in tone) == 8000 and all(c.audio.shape[-1] <= 3200 for c in tone)
+
+
+def test_stoi_is_reported_when_asked(checkpoint, folder, capsys):
+    pytest.importorskip("pystoi")
+    with pytest.warns(SkippedAudioWarning):
+        assert main(["eval", str(checkpoint), "--data", str(folder), "--json", "--stoi"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert all(0 <= mode["stoi"] <= 1 for mode in report["modes"].values())
+    with pytest.warns(SkippedAudioWarning):
+        assert main(["eval", str(checkpoint), "--data", str(folder)]) == 0
+    table = capsys.readouterr().out
+    assert "STFT distance" in table and "RMS ratio no DC" in table and "q0 bits used" in table
 
 
 def test_missing_checkpoint_and_folder_are_named(checkpoint, tmp_path, capsys):

@@ -7,7 +7,7 @@ a few minutes on 2 cores. This is the suite's end-to-end run.
 import pytest
 
 from codec.cli import CodecCLI
-from codec.report import read_metrics, series
+from codec.runs import read_metrics, series
 
 from helpers import CONF
 

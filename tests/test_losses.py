@@ -11,6 +11,7 @@ from codec.losses import (
     AbsoluteRMSLoss,
     FrameRMSLoss,
     LossConfig,
+    LoudnessLoss,
     MultiBandRMSLoss,
     MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
@@ -52,6 +53,7 @@ PAIR_LOSSES = {
     "frame_rms": FrameRMSLoss,
     "multiband_rms": MultiBandRMSLoss,
     "scale_anchor": ScaleAnchorLoss,
+    "loudness": LoudnessLoss,
 }
 
 
@@ -86,6 +88,20 @@ def test_finite_on_silence_and_gradient_reaches_pred(name):
 def test_rejects_mismatched_shapes(name):
     with pytest.raises(ValueError, match="differ"):
         PAIR_LOSSES[name]()(torch.zeros(1, 1, SAMPLES), torch.zeros(1, 1, SAMPLES - 1))
+
+
+def test_loudness_is_the_level_error_in_db_whatever_the_spectral_shape():
+    loss = LoudnessLoss()
+    target = speechlike(seed=0)
+    assert loss(0.5 * target, target).item() == pytest.approx(20 * math.log10(2), rel=3e-3)  # 6.02 dB (rms eps aside)
+    assert loss(2.0 * target, target).item() == pytest.approx(20 * math.log10(2), rel=3e-3)  # symmetric
+    # White noise at the target's frame levels: a different spectrum, (nearly) the same loudness.
+    noise = torch.randn_like(target)
+    frames = frame_rms(target, 1024, 256) / frame_rms(noise, 1024, 256)
+    matched = noise * torch.nn.functional.interpolate(frames.unsqueeze(1), size=SAMPLES, mode="nearest")
+    assert loss(matched, target).item() < 0.3 * loss(0.5 * target, target).item()
+    # A quiet item counts as much as a loud one: the same relative error, the same loss.
+    assert loss(0.05 * target, 0.1 * target).item() == pytest.approx(loss(0.5 * target, target).item(), rel=3e-3)
 
 
 def test_absolute_rms_is_zero_at_the_target_level_whatever_the_target():

@@ -18,7 +18,8 @@ from codec.callbacks import (
 )
 from codec.callbacks.usage_consistency import js_divergence_bits
 from codec.cli import CodecCLI
-from codec.report import read_metrics, series, summary_table
+from codec.compare import phase_table
+from codec.runs import load_run, read_metrics, series
 
 from helpers import CONF, TINY
 from toy_vq import ToyVQClassifier, loaders, trainer
@@ -146,9 +147,9 @@ def fit_with(tmp_path, phase: str, *extra_callbacks, overrides=()):
 
 def test_planted_amplitude_collapse_is_declared_within_patience_and_stops_the_run(tmp_path, capsys):
     trainer_, monitor = fit_with(tmp_path, "phase_a", ShrinkOutput())
-    ratios = [ratio for _, ratio in monitor.history]
+    steps, ratios = zip(*monitor.history, strict=True)
     first_below = next(i for i, r in enumerate(ratios) if r < monitor.threshold)
-    assert monitor.collapsed_at_step == 2 * (first_below + 2)  # the second low validation in a row
+    assert monitor.collapsed_at_step == steps[first_below + 1]  # the second low validation in a row
     assert trainer_.global_step == monitor.collapsed_at_step < 30  # stopped there
     assert failures(monitor) == ["F3", "F4"]  # phase_a has final_conv + post_scale between RVQ and out_proj
     assert "out_proj" in monitor.verdicts[1].message
@@ -164,7 +165,7 @@ def test_planted_amplitude_collapse_is_declared_within_patience_and_stops_the_ru
     norms = [v for _, v in series(rows, "train/params/out_proj/weight_norm")]
     assert norms[-1] < 0.1 * norms[0]  # the evidence of F4 is logged too
     step = monitor.collapsed_at_step
-    assert f"| verdicts | F3@{step}, F4@{step} |" in summary_table([run_dir])  # the demo's table
+    assert f"| F3@{step} F4@{step} |" in phase_table([load_run(run_dir)])[0]  # the demo's table
     printed = capsys.readouterr().out
     assert f"Run stopped at step {monitor.collapsed_at_step}" in printed and "F3 at step" in printed
 

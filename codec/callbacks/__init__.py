@@ -8,6 +8,7 @@ import importlib
 
 _WHERE = {
     "AmplitudeMonitor": "codec.callbacks.amplitude",
+    "AudioExamples": "codec.callbacks.audio_examples",
     "CodebookMonitor": "codec.callbacks.codebook_monitor",
     "ProgressiveRVQ": "codec.callbacks.progressive",
     "RunSummary": "codec.callbacks.summary",

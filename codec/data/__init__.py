@@ -4,10 +4,14 @@ AudioDataModule is imported on first use, so importing the data sets does not lo
 Lightning (several seconds).
 """
 
-from codec.data.folder import AudioFolder, SkippedAudioWarning
+from codec.data.bad_files import SkippedAudioWarning
+from codec.data.folder import AudioFolder
+from codec.data.sampler import ResumableSampler
+from codec.data.split import FolderSplit, split_folder
 from codec.data.synthetic import SyntheticSpeech
 
-__all__ = ["AudioDataModule", "AudioFolder", "SkippedAudioWarning", "SyntheticSpeech"]
+__all__ = ["AudioDataModule", "AudioFolder", "FolderSplit", "ResumableSampler", "SkippedAudioWarning",
+           "SyntheticSpeech", "split_folder"]
 
 
 def __getattr__(name: str):

@@ -37,12 +37,12 @@ class StructureConfig:
 
     def __post_init__(self):
         if self.final_conv not in FINAL_CONV:
-            raise ValueError(f"structure.final_conv must be one of {FINAL_CONV}, got {self.final_conv!r}")
+            raise ValueError(f"model.structure.final_conv must be one of {FINAL_CONV}, got {self.final_conv!r}")
         if not self.strides or any(int(s) < 1 for s in self.strides):
-            raise ValueError(f"structure.strides must be positive integers, got {self.strides!r}")
+            raise ValueError(f"model.structure.strides must be positive integers, got {self.strides!r}")
         for name in ("channels", "latent_dim"):
             if getattr(self, name) < 1:
-                raise ValueError(f"structure.{name} must be >= 1, got {getattr(self, name)!r}")
+                raise ValueError(f"model.structure.{name} must be >= 1, got {getattr(self, name)!r}")
 
     @property
     def hop_length(self) -> int:
@@ -85,3 +85,16 @@ class QuantizerConfig:
     post_scale: bool = False
     kmeans_iters: int = 10
     compile: bool = False
+
+    def __post_init__(self):
+        # The quantizer's own checks, run when the config is read, named as the config key.
+        from codec.quantize.residual import _check_options
+
+        try:
+            _check_options(1, self.num_quantizers, self.codebook_size, self.codebook_dim, self.normalization,
+                           self.update, self.init, self.commitment_weight, self.decay, self.dead_code_threshold,
+                           self.quantizer_dropout)
+        except ValueError as error:
+            raise ValueError(f"model.quantizer.{error}") from None
+        if self.kmeans_iters < 0:
+            raise ValueError(f"model.quantizer.kmeans_iters must be >= 0, got {self.kmeans_iters!r}")

@@ -349,7 +349,7 @@ def frozen_codebooks(module: nn.Module) -> Iterator[None]:
 
 
 def _check_options(dim, num_quantizers, codebook_size, codebook_dim, normalization, update, init,
-                   commitment_weight, decay, dead_code_threshold, quantizer_dropout, check_finite) -> None:
+                   commitment_weight, decay, dead_code_threshold, quantizer_dropout, check_finite="auto") -> None:
     normalizer_for(normalization)
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")

@@ -5,12 +5,14 @@
     space:                             # Hydra override grammar, dotted LightningCLI keys
       model.quantizer.normalization: choice(none, zscore, l2, rms_scale)
     objective: {metric: val/audio/snr_db, direction: maximize}
-    trials: 4                          # the study's target size: re-running tops it up to this
+    trials: 4                          # arms (sampled points) in the study: re-running tops it up to this
+    seeds: 3                           # replicates per arm (seed_everything 0..seeds-1); default 1
     steps: 1000                        # training steps per trial
     val_every: 250                     # validation (and pruning) interval; default steps // 4
     sampler: {name: GridSampler}       # any optuna.samplers class and its arguments; default:
                                        # GridSampler for finite spaces, TPESampler otherwise
     pruner: {name: MedianPruner, n_warmup_steps: 250}   # any optuna.pruners class; NopPruner: none
+    heartbeat: 60                      # seconds; a trial whose worker is silent for 2x this is re-run
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import yaml
 
 from codec.sweep.space import Param, parse_space
 
-KEYS = {"name", "base", "overrides", "space", "objective", "trials", "steps", "val_every", "sampler",
-        "pruner", "seed"}
+KEYS = {"name", "base", "overrides", "space", "objective", "trials", "seeds", "steps", "val_every", "sampler",
+        "pruner", "seed", "heartbeat"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -40,7 +42,8 @@ class Sweep:
     space: dict[str, Param]
     metric: str = "val/audio/snr_db"
     direction: str = "maximize"
-    trials: int = 10
+    trials: int = 10                    # arms: grid points, or points a sampler proposes
+    seeds: int = 1                      # replicates per arm, trained with seed_everything = 0..seeds-1
     steps: int = 1000
     val_every: int | None = None
     overrides: list[str] = field(default_factory=list)
@@ -49,6 +52,7 @@ class Sweep:
     seed: int = 0
     root: Path = Path("runs/sweeps")    # where trials, storage and results go: <root>/<name>/
     storage: str | None = None          # SQLAlchemy URL or journal:PATH; default: SQLite under root
+    heartbeat: int = 60                 # seconds between a running trial's heartbeats (RDB storages)
     wandb: bool = True
 
     @property
@@ -67,7 +71,7 @@ class Sweep:
     def with_overrides(self, **changes) -> Sweep:
         """A copy with command-line overrides (trials, steps, storage, ...) where they are not None."""
         sweep = replace(self, **{k: v for k, v in changes.items() if v is not None})
-        for key in ("trials", "steps"):
+        for key in ("trials", "seeds", "steps", "heartbeat"):
             if getattr(sweep, key) < 1:
                 raise SweepFileError(f"{key} must be >= 1, got {getattr(sweep, key)}")
         return sweep
@@ -77,7 +81,10 @@ def load_sweep(path: str | Path) -> Sweep:
     path = Path(path)
     if not path.is_file():
         raise SweepFileError(f"no sweep file {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise SweepFileError(f"{path}: {_yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise SweepFileError(f"{path}: expected a mapping of {sorted(KEYS)}")
     unknown = set(raw) - KEYS
@@ -101,11 +108,28 @@ def load_sweep(path: str | Path) -> Sweep:
     sweep = Sweep(
         name=str(raw.get("name") or path.stem), path=path, base=config_path(raw["base"], path),
         space=space, metric=objective.get("metric", "val/audio/snr_db"), direction=direction,
-        trials=int(raw.get("trials", 10)), steps=int(raw.get("steps", 1000)),
+        trials=_integer(raw, "trials", 10, path), seeds=_integer(raw, "seeds", 1, path),
+        steps=_integer(raw, "steps", 1000, path),
         val_every=raw.get("val_every"), overrides=list(overrides), sampler=dict(raw.get("sampler") or {}),
         pruner=dict(raw.get("pruner") or {}), seed=int(raw.get("seed", 0)),
+        heartbeat=_integer(raw, "heartbeat", 60, path),
     )
     return sweep.with_overrides()
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error on one line: where, then what ("line 4, column 9: YAML syntax: ...")."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = " ".join(str(p) for p in (getattr(error, "context", None), getattr(error, "problem", None)) if p)
+    return f"{where}YAML syntax: {what or type(error).__name__}"
+
+
+def _integer(raw: dict, key: str, default: int, path: Path) -> int:
+    value = raw.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SweepFileError(f"{path}: {key} must be an integer, got {value!r}")
+    return value
 
 
 def config_path(base: str, sweep_file: Path) -> Path:

@@ -1,8 +1,10 @@
 """One trial: sampled values -> LightningCLI arguments -> a normal run directory -> the objective.
 
 Each trial writes `<sweep dir>/trial_NNNN/<arm>/version_0/` (config.yaml, metrics.csv,
-checkpoints/), where <arm> is the varied values (`normalization=zscore`): the CLI makes it the W&B
-group, so W&B's group view compares the arms; tags are `sweep:<name>` and the values.
+checkpoints/, examples/), where <arm> is the varied values (`normalization=zscore`), and is its own
+W&B run: grouped by sweep (`group=<sweep name>`), typed and tagged by arm (`job_type=<arm>`, tags
+`sweep:<name>`, the values and `seed:<k>`), so W&B's group view compares the arms and, grouped by
+job type, averages each arm's seeds.
 """
 
 from __future__ import annotations
@@ -11,12 +13,16 @@ import contextlib
 import io
 import json
 import math
+import sys
 from pathlib import Path
 
 import optuna
 
+from codec.sweep import arms
 from codec.sweep.config import Sweep, SweepFileError, config_path
+from codec.sweep.results import FIGURES, run_figures
 from codec.sweep.space import CONFIG_KEY, arm_label, cli_value
+from codec.sweep.study import recover, worker_identity
 
 
 class SpaceKeyError(ValueError):
@@ -36,13 +42,17 @@ def param_args(sweep: Sweep, params: dict) -> list[str]:
             for key, value in params.items()]
 
 
-def trial_args(sweep: Sweep, params: dict, number: int) -> list[str]:
+def trial_args(sweep: Sweep, params: dict, number: int, seed: int = 0) -> list[str]:
     label = arm_label(params, sweep.space)
-    tags = [f"sweep:{sweep.name}", *label.split(",")]
+    seeds = [f"--seed_everything={seed}"] if sweep.seeds > 1 else []  # one seed: the config's own
     # Order matters: base, then the arm, then what identifies the run (a phase file names its run).
-    return [*base_args(sweep), *param_args(sweep, params),
+    return [*base_args(sweep), *param_args(sweep, params), *seeds,
             f"--run.root={sweep.dir / f'trial_{number:04d}'}", f"--run.name={label}",
-            f"--run.tags={json.dumps(tags)}", f"--run.wandb={str(sweep.wandb).lower()}"]
+            f"--run.tags={json.dumps(wandb_tags(sweep, label, seed))}", f"--run.wandb={str(sweep.wandb).lower()}"]
+
+
+def wandb_tags(sweep: Sweep, label: str, seed: int) -> list[str]:
+    return [tag[:64] for tag in (f"sweep:{sweep.name}", *label.split(","), f"seed:{seed}")]  # W&B: 64 chars
 
 
 def validate_space(sweep: Sweep) -> None:
@@ -98,8 +108,44 @@ def _describe(error: BaseException) -> str:
     return outer if root is error else f"{type(root).__name__}: {root}\n{outer}"
 
 
+class Skipped(optuna.TrialPruned):
+    """A trial with nothing to do: its (arm, seed) is taken, or the study holds every arm it owes."""
+
+
+def claim(trial: optuna.Trial, sweep: Sweep) -> tuple[dict, int]:
+    """(values, seed) this trial trains, or raises Skipped (before anything is suggested or trained).
+
+    Queued trials (a planned grid arm, a replicate, a re-run) carry their seed; a sampled one is a
+    new arm, seed 0, and queues the arm's other seeds (under the storage lock, through the same
+    reconciliation every worker runs, so that no seed is queued twice)."""
+    trial.set_user_attr(arms.WORKER, worker_identity())
+    study = trial.study
+    earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+    if arms.SEED in trial.user_attrs:
+        queued, seed = trial.user_attrs[arms.PARAMS], int(trial.user_attrs[arms.SEED])
+        owner = arms.taken(earlier).get((arms.arm_key(queued), seed))
+        if owner is not None:
+            _skip(trial, f"arm {arm_label(queued, sweep.space)} seed {seed} is taken by trial {owner.number}")
+        return {key: param.suggest(trial) for key, param in sweep.space.items()}, seed
+    if arms.is_grid(sweep):
+        _skip(trial, "nothing queued: a grid sweep runs only its planned arms")
+    if arms.arms_to_sample(sweep, earlier) == 0:
+        _skip(trial, f"the study already holds its {sweep.trials} arms")
+    params = {key: param.suggest(trial) for key, param in sweep.space.items()}
+    trial.set_user_attr(arms.PARAMS, params)
+    trial.set_user_attr(arms.SEED, 0)
+    if sweep.seeds > 1:
+        recover(study, sweep)
+    return params, 0
+
+
+def _skip(trial: optuna.Trial, reason: str):
+    trial.set_user_attr(arms.SKIPPED, reason)
+    raise Skipped(reason)
+
+
 def objective(trial: optuna.Trial, sweep: Sweep) -> float:
-    """Train one arm; returns the objective metric at the last validation.
+    """Train one (arm, seed); returns the objective metric at the last validation.
 
     Pruned: raises optuna.TrialPruned with the reason (also in user attr `pruned`). Any other
     error (SystemExit from the CLI included) is stored in user attr `error` and re-raised as a
@@ -108,17 +154,23 @@ def objective(trial: optuna.Trial, sweep: Sweep) -> float:
     from codec.cli import CodecCLI
     from codec.sweep.pruning import TrialPruning
 
-    params = {key: param.suggest(trial) for key, param in sweep.space.items()}
-    trial.set_user_attr("arm", arm_label(params, sweep.space))
+    params, seed = claim(trial, sweep)
+    label = arm_label(params, sweep.space)
+    trial.set_user_attr(arms.ARM, label)
     err = io.StringIO()
     pruning = None
     try:
         with contextlib.redirect_stderr(err):  # jsonargparse prints its reason, then exits
-            cli = CodecCLI(args=trial_args(sweep, params, trial.number), run=False)
+            cli = CodecCLI(args=trial_args(sweep, params, trial.number, seed), run=False)
+        _own_wandb_run(cli, sweep, label, seed, trial.number)
         pruning = TrialPruning(trial, monitor=sweep.metric)
         cli.trainer.callbacks.append(pruning)
-        trial.set_user_attr("run_dir", str(Path(cli.trainer.log_dir).resolve()))
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        run_dir = Path(cli.trainer.log_dir).resolve()
+        trial.set_user_attr("run_dir", str(run_dir))
+        try:
+            cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        finally:  # what the results table shows of the run, readable on machines without its run dir
+            _store_figures(trial, run_dir)
         pruning.stop_if_collapsed(cli.trainer)  # collapse declared by the last validation
         if pruning.reason:
             trial.set_user_attr("pruned", pruning.reason)
@@ -144,3 +196,38 @@ def objective(trial: optuna.Trial, sweep: Sweep) -> float:
         message = _describe(e) + (f"\n{detail}" if detail else "")
         trial.set_user_attr("error", message)
         raise RuntimeError(message) from e
+    finally:
+        _finish_wandb(trial)
+
+
+def _store_figures(trial: optuna.Trial, run_dir: Path) -> None:
+    try:
+        trial.set_user_attr(FIGURES, run_figures(run_dir))
+    except Exception as e:  # noqa: BLE001 - never hide the trial's own outcome behind this
+        print(f"trial {trial.number}: its figures were not stored ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def _own_wandb_run(cli, sweep: Sweep, label: str, seed: int, number: int) -> None:
+    """Give the trial a W&B run of its own: grouped by sweep, typed and tagged by arm.
+
+    The CLI's logger groups by run name (the arm); a sweep groups by sweep instead and keeps the
+    arm as job type, so W&B's group view shows every arm of the sweep side by side."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    loggers = []
+    for logger in cli.trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger = WandbLogger(project=logger.name,  # Lightning's `name` is the W&B project
+                                 name=f"trial_{number:04d} {label} seed={seed}", group=sweep.name,
+                                 job_type=label[:64], tags=wandb_tags(sweep, label, seed), save_dir=logger.save_dir)
+        loggers.append(logger)
+    cli.trainer.loggers = loggers
+
+
+def _finish_wandb(trial: optuna.Trial) -> None:
+    """End the trial's W&B run, so that the next trial in this process starts its own (a WandbLogger
+    reuses any run still open)."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and wandb.run is not None:
+        trial.set_user_attr("wandb_run", wandb.run.id)
+        wandb.finish()

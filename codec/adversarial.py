@@ -1,0 +1,112 @@
+"""Adversarial training: its config (`model.adversarial`, conf/gan.yaml) and its losses.
+
+The generator is the codec. Per batch, once warm-up is over, the discriminator takes one step on
+the detached reconstruction, then the codec takes one step on its reconstruction loss plus
+`weight(step) * (generator_weight * adversarial + feature_matching_weight * feature matching)`.
+During the first `warmup_steps` generator steps the discriminator neither runs nor steps (the
+reports' "GAN with warm-up"); the adversarial weight then ramps linearly from 0 to 1 over
+`ramp_steps`. The loss weights are DAC's (conf/base.yml: mel 15, generator 1, feature matching 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from codec.model.discriminator import BANDS, Discriminator
+
+LOSSES = ("least_squares", "hinge")
+
+
+@dataclass
+class AdversarialConfig:
+    """Args:
+    enabled: train with the discriminator (manual optimization in CodecModule); off: the codec alone.
+    loss: "least_squares" (LSGAN, as DAC and HiFi-GAN) | "hinge" (SoundStream, EnCodec).
+    warmup_steps: generator steps before the discriminator runs and the adversarial terms count.
+    ramp_steps: steps after warm-up over which the adversarial weight rises from 0 to 1.
+    generator_weight: weight of the generator's adversarial loss (DAC: 1).
+    feature_matching_weight: weight of the feature-matching L1 (DAC: 2).
+    periods, period_channels, fft_sizes, stft_channels, bands, peak_normalize: the discriminator
+        (codec.model.discriminator.Discriminator).
+    lr, betas, weight_decay: the discriminator's AdamW (DAC: 1e-4, (0.8, 0.99)).
+    lr_decay: the discriminator's exponential decay per discriminator step (DAC: 0.999996).
+    generator_clip_norm: gradient-norm clip of the codec's step. Under manual optimization
+        Lightning does not clip (and refuses trainer.gradient_clip_val), so the module clips
+        with this value; null: no clipping.
+    discriminator_clip_norm: gradient-norm clip of the discriminator's step (DAC: 10); null: none.
+    """
+
+    enabled: bool = False
+    loss: str = "least_squares"
+    warmup_steps: int = 500
+    ramp_steps: int = 0
+    generator_weight: float = 1.0
+    feature_matching_weight: float = 2.0
+    periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
+    period_channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
+    fft_sizes: list[int] = field(default_factory=lambda: [1024, 512, 256])
+    stft_channels: int = 8
+    bands: list[list[float]] = field(default_factory=lambda: [list(b) for b in BANDS])
+    peak_normalize: bool = True
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
+    weight_decay: float = 0.01
+    lr_decay: float = 0.999996
+    generator_clip_norm: float | None = 1.0
+    discriminator_clip_norm: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"model.adversarial.loss must be one of {LOSSES}, got {self.loss!r}")
+        for name in ("warmup_steps", "ramp_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"model.adversarial.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("generator_weight", "feature_matching_weight", "lr", "weight_decay"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"model.adversarial.{name} must be >= 0, got {getattr(self, name)}")
+        if len(self.betas) != 2:
+            raise ValueError(f"model.adversarial.betas must be two numbers, got {self.betas}")
+
+    def build_discriminator(self) -> Discriminator:
+        return Discriminator(self.periods, self.period_channels, self.fft_sizes, self.stft_channels,
+                             self.bands, self.peak_normalize)
+
+    def weight(self, step: int) -> float:
+        """0 during warm-up, then a linear ramp to 1 over ramp_steps."""
+        if step < self.warmup_steps:
+            return 0.0
+        if self.ramp_steps <= 0:
+            return 1.0
+        return min(1.0, (step - self.warmup_steps + 1) / self.ramp_steps)
+
+
+def discriminator_loss(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]], kind: str) -> torch.Tensor:
+    """Summed over sub-discriminators: real logits pushed to 1 (above 1 for hinge), fake to 0 (below -1)."""
+    total = real[0][-1].new_zeros(())
+    for r, f in zip(real, fake, strict=True):
+        if kind == "hinge":
+            total = total + F.relu(1 - r[-1]).mean() + F.relu(1 + f[-1]).mean()
+        else:
+            total = total + (1 - r[-1]).pow(2).mean() + f[-1].pow(2).mean()
+    return total
+
+
+def generator_loss(fake: list[list[torch.Tensor]], kind: str) -> torch.Tensor:
+    """Summed over sub-discriminators: the codec's output judged real."""
+    total = fake[0][-1].new_zeros(())
+    for f in fake:
+        total = total + (F.relu(1 - f[-1]).mean() if kind == "hinge" else (1 - f[-1]).pow(2).mean())
+    return total
+
+
+def feature_matching_loss(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
+    """L1 between the discriminator's features of output and target, summed over every feature map
+    but the logits (DAC); the target's features are constants."""
+    total = fake[0][0].new_zeros(())
+    for r, f in zip(real, fake, strict=True):
+        for real_map, fake_map in zip(r[:-1], f[:-1], strict=True):
+            total = total + F.l1_loss(fake_map, real_map.detach())
+    return total

@@ -1,0 +1,159 @@
+"""Adversarial training: warm-up, step counting, which gradients reach what, optimizers and schedules."""
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from codec.adversarial import (
+    AdversarialConfig,
+    discriminator_loss,
+    feature_matching_loss,
+    generator_loss,
+)
+from codec.cli import CodecCLI
+from codec.lr_schedule import WarmupExponentialLR
+from codec.model import QuantizerConfig, StructureConfig
+from codec.model.discriminator import Discriminator
+from codec.module import CodecModule
+
+from helpers import CONF, TINY
+
+SMALL_DISC = dict(periods=[2, 3], period_channels=[4, 8], fft_sizes=[256], stft_channels=4)
+
+
+def small_module(warmup_steps=3, **adversarial):
+    return CodecModule(
+        structure=StructureConfig(channels=4, strides=[2, 4, 5], latent_dim=16),
+        quantizer=QuantizerConfig(num_quantizers=2, codebook_size=16, dead_code_threshold=0.0),
+        adversarial=AdversarialConfig(enabled=True, warmup_steps=warmup_steps, **SMALL_DISC, **adversarial))
+
+
+class Recorder(L.Callback):
+    """What a monitor sees: one on_train_batch_end per batch, with the global step at that time."""
+
+    def __init__(self):
+        self.steps, self.disc_weights = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps.append(trainer.global_step)
+        self.disc_weights.append([p.detach().clone() for p in pl_module.discriminator.parameters()])
+
+
+def fit(module, steps, callbacks=()):
+    data = torch.randn(64, 1, 4000) * 0.1
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, accelerator="cpu", limit_val_batches=0, callbacks=list(callbacks))
+    trainer.fit(module, DataLoader(data, batch_size=4))
+    return trainer
+
+
+def test_the_discriminator_waits_for_warm_up_and_global_step_counts_codec_steps_only():
+    recorder = Recorder()
+    module = small_module(warmup_steps=3)
+    trainer = fit(module, steps=6, callbacks=[recorder])
+    # One callback call per batch, one global step per batch: the discriminator's steps are not counted.
+    assert recorder.steps == [1, 2, 3, 4, 5, 6] and trainer.global_step == 6
+    initial = recorder.disc_weights[0]
+    for weights in recorder.disc_weights[:3]:  # batches at global steps 0, 1, 2: warm-up
+        assert all(torch.equal(a, b) for a, b in zip(weights, initial, strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(recorder.disc_weights[3], initial, strict=True))
+    codec_opt, disc_opt = trainer.optimizers
+    assert codec_opt.state[next(module.codec.parameters())]["step"] == 6
+    assert disc_opt.state[next(module.discriminator.parameters())]["step"] == 3
+
+
+def test_the_codec_optimizer_holds_no_discriminator_parameter():
+    module = small_module()
+    trainer = fit(module, steps=1)
+    codec_params = {id(p) for g in trainer.optimizers[0].param_groups for p in g["params"]}
+    disc_params = {id(p) for g in trainer.optimizers[1].param_groups for p in g["params"]}
+    assert codec_params == {id(p) for p in module.codec.parameters()}
+    assert disc_params == {id(p) for p in module.discriminator.parameters()}
+
+
+def test_without_adversarial_training_the_module_uses_automatic_optimization():
+    module = CodecModule(structure=StructureConfig(channels=4, strides=[2, 4, 5], latent_dim=16),
+                         quantizer=QuantizerConfig(num_quantizers=2, codebook_size=16))
+    assert module.automatic_optimization and module.discriminator is None
+
+
+@pytest.mark.parametrize("kind", ["least_squares", "hinge"])
+def test_generator_loss_reaches_the_codec_and_discriminator_loss_does_not(kind):
+    torch.manual_seed(0)
+    disc = Discriminator(**SMALL_DISC)
+    codec_out = (torch.randn(2, 1, 4000) * 0.1).requires_grad_()
+    target = torch.randn(2, 1, 4000) * 0.1
+    d_loss = discriminator_loss(disc(target), disc(codec_out.detach()), kind)
+    d_loss.backward()
+    assert codec_out.grad is None
+    assert all(p.grad is not None for p in disc.parameters()) and sum(p.grad.abs().sum() for p in disc.parameters()) > 0
+    disc.zero_grad()
+    disc.requires_grad_(False)  # what the module's toggle_optimizer does in the codec step
+    fake = disc(codec_out)
+    with torch.no_grad():
+        real = disc(target)
+    (generator_loss(fake, kind) + feature_matching_loss(real, fake)).backward()
+    assert codec_out.grad is not None and codec_out.grad.abs().sum() > 0
+    assert all(p.grad is None for p in disc.parameters())
+
+
+def test_loss_values_on_planted_logits():
+    ones, zeros = [[torch.ones(3)]], [[torch.zeros(3)]]
+    assert discriminator_loss(ones, zeros, "least_squares") == 0  # a perfect discriminator
+    assert generator_loss(ones, "least_squares") == 0 and generator_loss(zeros, "least_squares") == 1
+    assert discriminator_loss([[torch.full((3,), 2.0)]], [[torch.full((3,), -2.0)]], "hinge") == 0
+    assert discriminator_loss(zeros, zeros, "hinge") == 2
+    features = [[torch.ones(4), torch.zeros(1)]]
+    assert feature_matching_loss(features, [[torch.full((4,), 3.0), torch.ones(1)]]) == 2  # logits left out
+
+
+def test_adversarial_weight_is_zero_in_warm_up_then_ramps():
+    cfg = AdversarialConfig(warmup_steps=10, ramp_steps=4)
+    assert [cfg.weight(s) for s in (0, 9, 10, 11, 13, 100)] == [0, 0, 0.25, 0.5, 1, 1]
+    with pytest.raises(ValueError, match="adversarial.loss"):
+        AdversarialConfig(loss="wasserstein")
+
+
+def test_warmup_exponential_schedule():
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = WarmupExponentialLR(opt, warmup_steps=4, gamma=0.5)
+    lrs = []
+    for _ in range(6):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.25, 0.5 * 0.5, 0.75 * 0.25, 0.125, 0.0625, 0.03125])
+
+
+def test_cli_optimizer_and_schedule_drive_the_codec_per_step_in_both_modes(tmp_path):
+    for extra in ([], ["-c", str(CONF / "gan.yaml"), "--model.adversarial.warmup_steps=2",
+                       "--model.adversarial.periods=[2]", "--model.adversarial.fft_sizes=[256]"]):
+        cli = CodecCLI(args=["fit", "-c", str(CONF / "phase_1.yaml"), *extra, *TINY, f"--run.root={tmp_path}",
+                             "--trainer.max_steps=4", "--trainer.val_check_interval=4", "--run.diagnostics=false",
+                             "--optimizer.init_args.lr=0.004", "--lr_scheduler.init_args.warmup_steps=8",
+                             "--lr_scheduler.init_args.gamma=1.0"])
+        codec_opt = cli.trainer.optimizers[0]
+        assert {id(p) for g in codec_opt.param_groups for p in g["params"]} == {id(p) for p in cli.model.codec.parameters()}
+        # after 4 steps of an 8-step warm-up to 0.004: the schedule stepped per step, not per epoch
+        assert codec_opt.param_groups[0]["lr"] == pytest.approx(0.004 * 5 / 8)
+        assert cli.trainer.global_step == 4
+
+
+def test_a_resumed_adversarial_run_continues_both_optimizers(tmp_path):
+    data = DataLoader(torch.randn(64, 1, 4000) * 0.1, batch_size=4)
+
+    def trainer(steps):
+        return L.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         accelerator="cpu", limit_val_batches=0, default_root_dir=tmp_path,
+                         callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path, save_last=True)])
+
+    torch.manual_seed(0)
+    trainer(4).fit(small_module(warmup_steps=2), data)
+    resumed = trainer(6)
+    resumed.fit(small_module(warmup_steps=2), data, ckpt_path=tmp_path / "last.ckpt")
+    assert resumed.global_step == 6
+    codec_opt, disc_opt = resumed.optimizers
+    first = next(iter(disc_opt.state.values()))
+    assert next(iter(codec_opt.state.values()))["step"] == 6 and first["step"] == 4  # 2 + 2 after warm-up
+    assert disc_opt.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.999996 ** 4)

@@ -13,7 +13,7 @@ from torch import nn
 
 from codec.cli import CodecCLI
 from codec.quantize import ResidualVQ
-from codec.report import read_metrics
+from codec.runs import read_metrics
 
 from helpers import CONF, TINY
 

@@ -5,20 +5,23 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+# The exact torch pair of this workplace; pyproject.toml only declares the supported range.
+CONSTRAINTS := constraints.txt
+PIP_INSTALL = $(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS)
 export WANDB_MODE ?= offline
 
 .PHONY: venv test demo bench lint clean sweep reproduce speech
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(PIP_INSTALL) -e '.[dev]'
 	touch $(STAMP)
 	@echo "Installed into $(VENV). To use \`codec\` and \`lightning\` directly: source $(VENV)/bin/activate"
 
 $(BENCH_STAMP): $(STAMP)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	$(PIP_INSTALL) -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
 test: $(STAMP)
@@ -59,6 +62,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/quantizer.py
 	$(PY) bench/train_step.py
 	$(PY) bench/callbacks.py
+	$(PY) bench/parallel_runs.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check codec tests bench

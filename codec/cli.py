@@ -22,6 +22,8 @@ import importlib.util
 import os
 import sys
 
+from codec.threads import apply_thread_settings
+
 # Subcommands that are not LightningCLI's: name -> module whose `main(argv) -> int` gets the full argv
 # (the subcommand name first), or (module, one-line help). Imported lazily: `codec inspect` does not pay
 # for importing Lightning (about 6 s), and `codec fit` pays for none of the tools. Adding a tool is one
@@ -77,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args or args[0] in ("-h", "--help"):
         print(usage(), file=sys.stdout if args else sys.stderr)
         sys.exit(0 if args else 2)
+    apply_thread_settings()  # this process's share of the CPUs (codec/threads.py), before Lightning loads
     if args[0] in TOOLS:
         sys.exit(importlib.import_module(tool_module(args[0])).main(args))
     from codec.training_cli import CodecCLI

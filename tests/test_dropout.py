@@ -61,3 +61,18 @@ def test_dropout_within_an_explicit_level_count():
     rvq = ResidualVQ(dim=4, num_quantizers=6, codebook_size=8, quantizer_dropout=1.0)
     levels = torch.cat([rvq(torch.randn(8, 4, 2), num_levels=3).levels_per_item for _ in range(30)])
     assert set(levels.tolist()) == {1, 2, 3}
+
+
+def test_a_level_alone_learns_only_from_the_rows_that_use_it():
+    """`Codebook.forward` with a row mask: what the stack does for one level under dropout."""
+    from codec.quantize import Codebook
+
+    level = Codebook(4, 8, init="random", dead_code_threshold=0.0, decay=0.5)
+    rows = torch.randn(10, 4)
+    used = torch.arange(10) < 4
+    before = level.codebook.clone()
+    out = level(rows, used)
+    assert out.codes.shape == (10,) and int(level.last_histogram.sum()) == 4
+    moved = (level.codebook - before).norm(dim=1) > 1e-3  # unused codes keep their value (up to Laplace eps)
+    assert set(moved.nonzero().flatten().tolist()) == set(out.codes[:4].tolist())  # only the used rows' codes
+    assert int(level.trained_steps) == 1

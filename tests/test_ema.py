@@ -3,9 +3,17 @@
 import pytest
 import torch
 
-from codec.quantize import ResidualVQ
+from codec.quantize import ResidualVQ, updates
 from codec.quantize import codebook as codebook_module
-from codec.quantize.ema import SCATTER_MIN_ELEMENTS, assignment_sums, ema_update_, laplace_smoothed
+from codec.quantize.updates import (
+    LevelState,
+    StepStatistics,
+    UpdateRule,
+    assignment_sums,
+    code_histograms,
+    laplace_smoothed,
+    updated_state,
+)
 
 from helpers import as_frames, clustered
 
@@ -15,10 +23,10 @@ def ema_rvq(num_codes=4, dim=8, **kw):
     return ResidualVQ(dim=dim, num_quantizers=1, codebook_size=num_codes, update="ema", **kw).train()
 
 
-def ema_error_after_training(steps=60):
+def ema_error_after_training(steps=60, rvq=None):
     """Distance from each codeword to its cluster mean after EMA training from a perturbed start."""
     points, centres, _ = clustered(4, 8, per_cluster=64, spread=0.3, scale=5.0)
-    rvq = ema_rvq()
+    rvq = rvq or ema_rvq()
     level = rvq.levels[0]
     start = centres + 1.5 * torch.randn_like(centres) / 8**0.5  # each code nearest its own cluster
     level.codebook.copy_(start)
@@ -40,13 +48,14 @@ def test_ema_codewords_converge_to_the_cluster_means():
 
 def test_f6_ema_of_quantized_vectors_fails_the_same_check(monkeypatch):
     """The reports' bug: averaging the codewords themselves. The codebook never moves."""
-    real = codebook_module.ema_update_
+    rvq = ema_rvq()
+    real = updates.assignment_sums
 
-    def averages_quantized(codebook, cluster_size, embed_sum, inputs, codes, decay, eps=1e-5):
-        return real(codebook, cluster_size, embed_sum, codebook[codes].clone(), codes, decay, eps)
+    def averages_quantized(inputs, codes, codebook_size, row_mask=None, out=None):
+        return real(rvq.levels[0].codebook[codes].clone(), codes, codebook_size, row_mask, out)
 
-    monkeypatch.setattr(codebook_module, "ema_update_", averages_quantized)
-    error, start_error = ema_error_after_training()
+    monkeypatch.setattr(updates, "assignment_sums", averages_quantized)
+    error, start_error = ema_error_after_training(rvq=rvq)
     assert error > 0.5 * start_error
 
 
@@ -64,8 +73,15 @@ def test_laplace_smoothing_keeps_unused_codes_finite_and_the_total_fixed():
     smoothed = laplace_smoothed(counts)
     assert (smoothed > 0).all()
     assert torch.isclose(smoothed.sum(), counts.sum())
-    book, size, embed_sum = torch.zeros(4, 2), torch.zeros(4), torch.zeros(4, 2)
-    ema_update_(book, size, embed_sum, torch.ones(3, 2), torch.tensor([0, 0, 2]), decay=0.9)
+    # One EMA step from an empty state: codes 0 and 2 move onto their inputs, 1 and 3 stay finite.
+    state = LevelState(codebook=torch.zeros(1, 4, 2), cluster_size=torch.zeros(1, 4), embed_sum=torch.zeros(1, 4, 2),
+                       input_scale=torch.zeros(1), trained_steps=torch.zeros(1, dtype=torch.long),
+                       rejected_updates=torch.zeros(1, dtype=torch.long))
+    inputs, codes = torch.ones(3, 2), torch.tensor([0, 0, 2])
+    stats = StepStatistics(counts=code_histograms(codes[:, None], 4).float(),
+                           sums=assignment_sums(inputs, codes, 4)[None], low=torch.ones(1), high=torch.ones(1),
+                           candidates=None, valid=None)
+    book = updated_state(state, stats, UpdateRule(ema=True, decay=0.9, eps=1e-5, dead_code_threshold=0.0)).state.codebook[0]
     assert torch.isfinite(book).all()
     assert torch.allclose(book[0], torch.ones(2), atol=1e-3) and torch.allclose(book[2], torch.ones(2), atol=1e-3)
 
@@ -84,9 +100,10 @@ def test_kmeans_init_keeps_the_codebook_scale_across_the_first_ema_update():
     assert 0.95 < ours < 1.05
 
     class MeansOnly(codebook_module.Codebook):
-        def _init_from_data(self, rows):
-            super()._init_from_data(rows)
+        def init_from_data(self, x, row_mask=None):
+            done = super().init_from_data(x, row_mask)
             self.embed_sum.copy_(self.codebook)  # the references' init
+            return done
 
     broken = ema_rvq(num_codes=16, init="kmeans", decay=0.99)
     broken.levels[0].__class__ = MeansOnly
@@ -123,12 +140,73 @@ def test_dead_code_replacement_off_leaves_unused_codes_alone():
     assert torch.allclose(level.codebook[7], far, rtol=1e-3)
 
 
-@pytest.mark.parametrize("rows", [50, 2 * SCATTER_MIN_ELEMENTS // 16])  # both accumulation paths
-def test_assignment_sums_are_the_per_code_sums_of_the_assigned_rows(rows):
+@pytest.mark.parametrize("rows", [50, 20000])
+def test_counts_and_sums_are_those_of_the_assigned_rows_that_use_the_level(rows):
     torch.manual_seed(0)
     inputs, codes = torch.randn(rows, 16), torch.randint(0, 32, (rows,))
     codes[:5] = 3  # repeated codes must accumulate, not overwrite
-    counts, sums = assignment_sums(inputs, codes, 32)
+    used = torch.rand(rows) < 0.7  # quantizer dropout: the other rows count for nothing
+    sums = assignment_sums(inputs, codes, 32, used)
+    counts = code_histograms(torch.stack([codes, codes.flip(0)], dim=1), 32, torch.stack([used, used.flip(0)], dim=1))
+    assert counts.shape == (2, 32) and counts.dtype == torch.int64
+    assert torch.equal(counts[0], counts[1])  # each level's own codes and rows
     for k in (0, 3, 31):
-        assert counts[k] == (codes == k).sum()
-        assert torch.allclose(sums[k], inputs[codes == k].sum(dim=0), atol=1e-4)
+        assert counts[0, k] == ((codes == k) & used).sum()
+        assert torch.allclose(sums[k], inputs[(codes == k) & used].sum(dim=0), atol=1e-4)
+
+
+# --------------------------------------------------------------------- non-finite updates (issue 11)
+
+
+def held_out_error(rvq, points):
+    rvq.eval()
+    z = as_frames(points, batch=1)
+    error = float((rvq(z).quantized - z).pow(2).mean())
+    rvq.train()
+    return error
+
+
+@pytest.mark.parametrize("update", ["ema", "gradient"])
+def test_huge_finite_inputs_never_poison_the_codebook(update):
+    """3e38 is finite, so no input check stops it, but its sums overflow: before, `embed_sum` became
+    inf and the codebook NaN for good. Now those codes keep their state and the update is counted."""
+    points, _, _ = clustered(8, 8, per_cluster=64, spread=0.3, scale=3.0)
+    rvq = ResidualVQ(dim=8, num_quantizers=2, codebook_size=16, update=update, dead_code_threshold=0.5)
+    for _ in range(5):
+        rvq(as_frames(points[torch.randperm(len(points))], batch=4))
+    before = held_out_error(rvq, points)
+
+    z = as_frames(points, batch=4)
+    z[0, :, :6] = 3e38  # finite, near the float32 limit
+    z[1, :2, :3] = -3e38
+    rvq(z)
+    for level in rvq.levels:
+        for name, tensor in level.state_dict().items():
+            if tensor.is_floating_point():
+                assert torch.isfinite(tensor).all(), name
+        assert torch.isfinite(level.codebook.pow(2).sum(dim=1)).all()  # usable by the lookup
+    if update == "ema":
+        assert int(rvq.levels[0].rejected_updates) > 0
+        assert rvq.level_stats()[0].rejected_updates == int(rvq.levels[0].rejected_updates)
+
+    for _ in range(5):  # and it keeps training on normal inputs
+        rvq(as_frames(points[torch.randperm(len(points))], batch=4))
+    assert held_out_error(rvq, points) < 1.5 * before + 1e-3
+
+
+def test_deferred_finite_check_lets_nan_move_nothing():
+    """On a GPU the default check is deferred (no host sync): NaN input quantizes without an error,
+    but cannot move any code or usage, and the rejections are counted."""
+    points, _, _ = clustered(4, 8, per_cluster=32, scale=3.0)
+    rvq = ResidualVQ(dim=8, num_quantizers=2, codebook_size=8, check_finite="deferred", dead_code_threshold=0.5)
+    z = as_frames(points, batch=4)
+    z[0, 3, :4] = float("nan")  # at the very first step: k-means skips those rows
+    rvq(z)
+    z[1, :, 2] = float("inf")
+    out = rvq(z)
+    assert not torch.isfinite(out.losses["commit"])  # the loss shows it
+    for level in rvq.levels:
+        for name, tensor in level.state_dict().items():
+            if tensor.is_floating_point():
+                assert torch.isfinite(tensor).all(), name
+    assert int(rvq.levels[0].rejected_updates) > 0

@@ -132,8 +132,8 @@ def test_fast_plain_stack_matches_the_general_loop():
     rvq = ResidualVQ(dim=16, num_quantizers=4, codebook_size=32, dead_code_threshold=2.0)
     rvq(torch.randn(4, 16, 20))
     fast, general = copy.deepcopy(rvq), copy.deepcopy(rvq)
-    general._plain_ema_stack = lambda: False
-    assert fast._plain_ema_stack()
+    general._closed_form = lambda dropout: False
+    assert fast._closed_form(dropout=False)
     weights = torch.randn(4)
     results = []
     for model in (fast, general):
@@ -149,3 +149,18 @@ def test_fast_plain_stack_matches_the_general_loop():
     assert ga.abs().max() > 1e-4 and torch.allclose(ga, gb, rtol=1e-4, atol=1e-9)
     for key in sa:
         assert torch.allclose(sa[key].float(), sb[key].float(), atol=1e-5), key
+
+
+def test_the_residual_subtracts_the_detached_level_output():
+    """residual.py's general loop: r_{i+1} = r_i - sg(out_i). Without the detach, the commitment
+    losses of deeper levels would train earlier levels' out_proj (and post_scale paths) through
+    the residual, pulling each level's output towards what the next level finds easy."""
+    rvq = ResidualVQ(dim=16, num_quantizers=3, codebook_size=8, codebook_dim=4)
+    z = torch.randn(4, 16, 20, requires_grad=True)
+    out = rvq(z)
+    deeper = out.commit_per_level[1:].sum()
+    for level in rvq.levels:
+        (g,) = grads_of(deeper, [level.out_proj.weight])
+        assert g.abs().sum() == 0, "a deeper level's commitment reached an earlier out_proj"
+    (gz,) = grads_of(deeper, [z])
+    assert gz.abs().sum() > 0  # while the commitment of every level still reaches the encoder

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from codec.quantize import ResidualVQ
-from codec.quantize.normalize import rms_scale, zscore
+from codec.quantize.normalize import normalizer_for, rms_scale, zscore
 
 
 def trained(normalization, levels=2, **kw):
@@ -69,3 +69,21 @@ def test_none_is_plain_euclidean_and_sensitive_to_gain():
 def test_unknown_normalization_is_rejected_by_value(name):
     with pytest.raises(ValueError, match=repr(name)):
         ResidualVQ(dim=8, normalization=name)
+
+
+@pytest.mark.parametrize("name, metric, bits, restores", [
+    ("none", "euclidean", 0, False), ("zscore", "euclidean", 0, False),
+    ("l2", "cosine", 0, False), ("rms_scale", "euclidean", 32, True),
+])
+def test_one_normalizer_object_owns_each_variant(name, metric, bits, restores):
+    """`l2` is the config name users know; what it does is a cosine lookup in each level."""
+    n = normalizer_for(name)
+    assert (n.name, n.metric, n.side_info_bits_per_item) == (name, metric, bits)
+    rvq = ResidualVQ(dim=8, normalization=name)
+    assert rvq.normalizer is n and rvq.side_info_bits_per_item == bits
+    assert all(level.metric == metric for level in rvq.levels)
+    z = torch.randn(2, 8, 5) * 3 + 1
+    normalized, side = n.transform(z)
+    assert (side is not None) == restores
+    assert torch.allclose(n.restore(normalized, side), z if name != "zscore" else zscore(z), atol=1e-5)
+    assert n.anchor(z, normalized) is (normalized if name == "zscore" else z)

@@ -69,6 +69,7 @@ class QuantizerConfig:
         quantizer_dropout: probability that a training item uses a random number of levels.
         post_scale: learnable per-level scale and bias on each level's output (Phase A).
         kmeans_iters: Lloyd iterations of the k-means init.
+        compile: torch.compile the quantizer's batched codebook update (GPU speed; off by default).
     """
 
     num_quantizers: int = 8
@@ -83,6 +84,7 @@ class QuantizerConfig:
     quantizer_dropout: float = 0.0
     post_scale: bool = False
     kmeans_iters: int = 10
+    compile: bool = False
 
     def __post_init__(self):
         # The quantizer's own checks, run when the config is read, named as the config key.

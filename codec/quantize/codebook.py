@@ -1,4 +1,4 @@
-"""One level of the residual stack: a codebook, its lookup, its losses and its training-only updates.
+"""One level of the residual stack: a codebook, its state, its k-means init and its losses.
 
 Works on rows: inputs are (N, dim) with N = batch * frames. The optional
 projection (DAC's factorised codes) maps `dim` to a small `codebook_dim`
@@ -11,8 +11,10 @@ Gradients, stated once (tests check each):
 - the level's output out_proj(sg(q)) trains out_proj (and nothing upstream).
 
 Training-only side effects (k-means init, EMA, dead-code replacement, usage
-counts) run only when `self.training`, updates are not frozen, and we are not
-under torch.inference_mode(). Eval mode touches no buffer.
+counts, input scale) run only when `self.training`, updates are not frozen, and
+we are not under torch.inference_mode(). Eval mode touches no buffer. The search
+and the update are driven by `codec.quantize.step.LevelsStep`, which does them
+for every level of a stack at once; `Codebook.forward` runs it for this level alone.
 """
 
 from __future__ import annotations
@@ -23,11 +25,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from codec.quantize.ema import ema_update_
-from codec.quantize.kmeans import kmeans, sample_rows
-from codec.quantize.lookup import nearest_codes
+from codec.quantize.kmeans import kmeans
+from codec.quantize.lookup import check_metric, full_precision
 from codec.quantize.losses import codebook_loss, commitment_loss
 from codec.quantize.stats import LevelStats, distance_from_init, perplexity
+from codec.quantize.step import LevelsStep
+from codec.quantize.updates import UpdateRule
 
 UPDATES = ("ema", "gradient")
 INITS = ("kmeans", "random")
@@ -35,11 +38,13 @@ INITS = ("kmeans", "random")
 # Usage below this counts as dead in statistics when replacement is off (the reports' "<0.001 usage").
 DEAD_USAGE_FLOOR = 1e-3
 
+# Buffers added after checkpoints were first written, and the value an old checkpoint loads with.
+NEVER_MEASURED = 0.0
+_ADDED_BUFFERS = {"input_scale": NEVER_MEASURED, "rejected_updates": 0}
+
 
 class LevelOutput(NamedTuple):
     output: torch.Tensor  # (N, dim) contribution of this level, out_proj(sg(q))
-    x: torch.Tensor  # (N, codebook_dim) projected input
-    q: torch.Tensor  # (N, codebook_dim) chosen codewords
     codes: torch.Tensor  # (N,) int64
     commit: torch.Tensor  # scalar, unweighted
     codebook: torch.Tensor | None  # scalar, only when update="gradient"
@@ -59,6 +64,7 @@ class Codebook(nn.Module):
         dead_code_threshold: float = 2.0,
         eps: float = 1e-5,
         chunk_rows: int | None = None,
+        compile: bool = False,
     ):
         super().__init__()
         if update not in UPDATES:
@@ -68,7 +74,7 @@ class Codebook(nn.Module):
         self.dim = dim
         self.codebook_size = codebook_size
         self.codebook_dim = codebook_dim or dim
-        self.metric = metric
+        self.metric = check_metric(metric)
         self.update = update
         self.decay = decay
         self.init = init
@@ -76,6 +82,7 @@ class Codebook(nn.Module):
         self.dead_code_threshold = dead_code_threshold
         self.eps = eps
         self.chunk_rows = chunk_rows
+        self.compile_update = compile  # torch.compile the batched update (codec.quantize.step)
         self.updates_frozen = False  # set by `frozen_codebooks()`: train-mode forward without side effects
 
         projected = codebook_dim is not None and codebook_dim != dim
@@ -94,56 +101,71 @@ class Codebook(nn.Module):
         self.register_buffer("initial_codebook", start.clone())
         self.register_buffer("initialized", torch.tensor(init == "random"))
         self.register_buffer("trained_steps", torch.zeros((), dtype=torch.long))
+        # EMA (this level's decay) of the largest |value| of its (projected) training inputs, per
+        # step; NEVER_MEASURED (0) until the first training step. The F2 drift rule compares the
+        # codebook against it.
+        self.register_buffer("input_scale", torch.tensor(NEVER_MEASURED))
+        # Code updates refused because they were not finite (inputs near the float32 limit).
+        self.register_buffer("rejected_updates", torch.zeros((), dtype=torch.long))
 
-        self.last_histogram: torch.Tensor | None = None  # codes chosen in the last forward
-        self.last_dead_count: int | None = None  # codes replaced in the last training forward
-        self.last_input_absmax: torch.Tensor | None = None  # largest |value| of the last training inputs (sampled)
+        self.last_histogram: torch.Tensor | None = None  # (K,) int64: codes chosen in the last forward
+        self.last_dead_count: torch.Tensor | None = None  # 0-d: codes re-seeded in the last training forward
+        self.last_input_absmax: torch.Tensor | None = None  # 0-d: largest |value| of the last training inputs (sampled)
+        self._initialized_seen: tuple[int, int] | None = None  # (version, address) of the flag last read
+        self._initialized_value = False
 
-    # ------------------------------------------------------------------ forward
-    def side_effects_allowed(self) -> bool:
-        return self.training and not self.updates_frozen and not torch.is_inference_mode_enabled()
-
-    def forward(self, residual: torch.Tensor, row_weight: torch.Tensor | None = None) -> LevelOutput:
-        """residual: (N, dim) float32 rows. row_weight: (N,) 1 for rows that use this level, 0 otherwise."""
-        x = self.in_proj(residual)
-        codes, q = self.assign(x, row_weight)
-        commit = commitment_loss(x, q, row_weight)
-        cb_loss = codebook_loss(x, q, row_weight) if self.update == "gradient" else None
-        return LevelOutput(self.out_proj(q.detach()), x, q, codes, commit, cb_loss)
-
-    def assign(self, x: torch.Tensor, row_weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(codes, codewords) for projected rows x; in training also init, EMA, replacement and usage.
-
-        The codewords are gathered before this step's updates (with the codebook's gradient when
-        update="gradient"); the lookup itself never carries a gradient.
-        """
-        codes, q, _ = self.assign_keeping_codebook(x, row_weight)
-        return codes, q
-
-    def assign_keeping_codebook(
-        self, x: torch.Tensor, row_weight: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`assign`, plus the codebook the codewords were gathered from (detached; a copy only when
-        this step's updates change the codebook in place), so callers can re-gather them later
-        instead of keeping (N, dim) codewords alive."""
-        x = x.detach()
-        update = self.side_effects_allowed()
-        used_rows = x if row_weight is None else x[row_weight > 0]
-        if update and not bool(self.initialized) and used_rows.shape[0] > 0:
-            self._init_from_data(used_rows)
-        book = self.codebook.detach()
-        codes = nearest_codes(x, book, self.metric, self.chunk_rows)
-        q = F.embedding(codes, self.codebook)
-        used_codes = codes if row_weight is None else codes[row_weight > 0]
-        self.last_histogram = torch.bincount(used_codes, minlength=self.codebook_size)
-        if update and used_rows.shape[0] > 0:
-            book = book.clone()  # K x dim, small next to the rows
-            self._train_step(used_rows, used_codes, self.last_histogram)
-        return codes, q, book
+    @property
+    def rule(self) -> UpdateRule:
+        return UpdateRule(self.update == "ema", self.decay, self.eps, self.dead_code_threshold)
 
     @property
     def projected(self) -> bool:
         return not isinstance(self.in_proj, nn.Identity)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def is_initialized(self) -> bool:
+        """`initialized` as a Python bool, read back from the device only when the buffer changed
+        (loaded, restored, moved), not at every step."""
+        flag = self.initialized
+        seen = (flag._version, flag.data_ptr())
+        if seen != self._initialized_seen:
+            self._initialized_value = bool(flag)
+            self._initialized_seen = seen
+        return self._initialized_value
+
+    def side_effects_allowed(self) -> bool:
+        return self.training and not self.updates_frozen and not torch.is_inference_mode_enabled()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Checkpoints written before a buffer existed load with its "never measured" value.
+        for name, value in _ADDED_BUFFERS.items():
+            if prefix + name not in state_dict and prefix + "codebook" in state_dict:
+                state_dict[prefix + name] = torch.full_like(getattr(self, name), value)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, residual: torch.Tensor, row_mask: torch.Tensor | None = None) -> LevelOutput:
+        """This level alone. residual: (N, dim) rows; row_mask: (N,) bool, the rows that use it."""
+        with full_precision(residual.device):
+            step = LevelsStep([self], residual.shape[0], residual.device)
+            x = self.in_proj(residual.float())
+            codes = step.search(0, x, row_mask)
+            out = self.emit(x, codes, None if row_mask is None else row_mask.float())
+            step.finish(codes[:, None], None if row_mask is None else row_mask[:, None])
+        return out
+
+    def emit(self, x: torch.Tensor, codes: torch.Tensor, row_weight: torch.Tensor | None = None) -> LevelOutput:
+        """Output and losses of projected rows x (N, codebook_dim) coded as `codes`. The codewords
+        carry the codebook's gradient when update="gradient"; the lookup itself never does."""
+        # index_select, not F.embedding: its backward is an index_add (embedding's CUDA backward
+        # sorts and counts the codes, which may read back to the host).
+        q = self.codebook.index_select(0, codes)
+        commit = commitment_loss(x, q, row_weight)
+        cb_loss = codebook_loss(x, q, row_weight) if self.update == "gradient" else None
+        return LevelOutput(self.out_proj(q.detach()), codes, commit, cb_loss)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (N,) to their contribution in `dim` space (what forward outputs)."""
@@ -151,8 +173,17 @@ class Codebook(nn.Module):
 
     # ------------------------------------------------------- training-only updates
     @torch.no_grad()
-    def _init_from_data(self, rows: torch.Tensor) -> None:
-        means, counts = kmeans(rows.float(), self.codebook_size, self.kmeans_iters, self.metric)
+    def init_from_data(self, x: torch.Tensor, row_mask: torch.Tensor | None = None) -> bool:
+        """k-means init from the rows that use this level; False when there are none (yet).
+
+        Runs once per level, at its first training step, so reading the row count back is fine."""
+        rows = x.detach().float()
+        if row_mask is not None:
+            rows = rows[row_mask]
+        rows = rows[torch.isfinite((rows * rows).sum(dim=1))]  # usable as codewords
+        if rows.shape[0] == 0:
+            return False
+        means, counts = kmeans(rows, self.codebook_size, self.kmeans_iters, self.metric)
         self.codebook.data.copy_(means)
         self.initial_codebook.copy_(means)
         self.cluster_size.copy_(counts)
@@ -160,47 +191,12 @@ class Codebook(nn.Module):
             # Sum of assigned inputs = mean * count. Storing the means alone (EnCodec,
             # vector-quantize-pytorch #66) shrinks every code by its count at the next EMA step.
             self.embed_sum.copy_(means * counts.unsqueeze(1))
+        low, high = torch.aminmax(rows)
+        self.input_scale.copy_(torch.maximum(high, -low))
         self.initialized.fill_(True)
-
-    @torch.no_grad()
-    def _train_step(self, rows: torch.Tensor, codes: torch.Tensor, counts: torch.Tensor) -> None:
-        rows = rows.float()
-        # The input scale the codebook monitor compares against: a strided sample of about 1024
-        # rows is enough. aminmax is 20x cheaper than a max-abs vector norm.
-        low, high = torch.aminmax(rows[:: max(1, rows.shape[0] // 1024)])
-        self.last_input_absmax = torch.maximum(high, -low)
-        if self.update == "ema":
-            ema_update_(self.codebook, self.cluster_size, self.embed_sum, rows, codes, self.decay, self.eps)
-        else:  # usage only, for dead-code replacement and statistics
-            self.cluster_size.lerp_(counts.to(self.cluster_size.dtype), 1.0 - self.decay)
-        self._replace_dead_codes(rows)
-        self.trained_steps += 1
-
-    @torch.no_grad()
-    def _replace_dead_codes(self, rows: torch.Tensor) -> None:
-        """Move codes whose EMA usage fell below the threshold onto recent inputs.
-
-        Runs *after* the EMA normalisation, and rewrites the EMA state of the moved
-        codes too, so the next EMA step keeps them where they were put (EnCodec
-        replaces before its normalisation overwrites the codebook: encodec #61).
-        """
-        if self.dead_code_threshold <= 0:
-            self.last_dead_count = 0
-            return
-        # Indices once, then index_copy_: three boolean-mask writes cost a nonzero() each.
-        dead = (self.cluster_size < self.dead_code_threshold).nonzero().squeeze(1)
-        n_dead = dead.numel()
-        self.last_dead_count = n_dead
-        if n_dead == 0:
-            return
-        fresh = sample_rows(rows, n_dead)
-        self.codebook.data.index_copy_(0, dead, fresh.to(self.codebook.dtype))
-        # A re-seeded code gets half the threshold as mass: below it, so it still counts
-        # as dead until inputs choose it, and non-zero, so EMA keeps it in place.
-        mass = 0.5 * self.dead_code_threshold
-        self.cluster_size.index_fill_(0, dead, mass)
-        if self.update == "ema":
-            self.embed_sum.index_copy_(0, dead, fresh * mass)
+        self._initialized_seen, self._initialized_value = (self.initialized._version,
+                                                           self.initialized.data_ptr()), True
+        return True
 
     # ---------------------------------------------------------------- statistics
     def dead_code_mask(self) -> torch.Tensor:
@@ -208,6 +204,7 @@ class Codebook(nn.Module):
 
     @torch.no_grad()
     def stats(self, level: int, active: bool) -> LevelStats:
+        """A snapshot for loggers: reads values back to the host (logging steps only)."""
         book = self.codebook.detach().float()
         norms = book.norm(dim=1)
         hist = self.last_histogram
@@ -232,4 +229,6 @@ class Codebook(nn.Module):
             value_max=float(book.max()),
             distance_from_init=distance_from_init(book, self.initial_codebook),
             trained_steps=int(self.trained_steps),
+            input_scale=float(self.input_scale),
+            rejected_updates=int(self.rejected_updates),
         )

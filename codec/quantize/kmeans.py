@@ -1,4 +1,8 @@
-"""K-means on one batch of vectors, used to initialise a codebook from data (F8)."""
+"""K-means on one batch of vectors, used to initialise a codebook from data (F8).
+
+It runs once per level, at its first training step, so it may read values back to the host (its
+sample sizes depend on the data); the steps after it never do.
+"""
 
 from __future__ import annotations
 
@@ -27,7 +31,8 @@ def kmeans(
     """Lloyd's k-means. Returns (means (K, D), counts (K,)) of the final assignment.
 
     A cluster that ends up empty keeps its previous centre (a sampled input), so
-    every codeword stays on the data's scale.
+    every codeword stays on the data's scale; so does one whose mean overflows (inputs near the
+    float32 limit), so every codeword stays finite.
     """
     samples = samples.float()
     means = sample_rows(samples, num_clusters, generator).clone()
@@ -36,6 +41,7 @@ def kmeans(
         codes = nearest_codes(samples, means, metric)
         counts = torch.bincount(codes, minlength=num_clusters).to(samples.dtype)
         sums = torch.zeros_like(means).index_add_(0, codes, samples)
-        filled = counts > 0
-        means[filled] = sums[filled] / counts[filled, None]
+        updated = sums / counts.clamp_min(1.0)[:, None]
+        keep = (counts == 0) | ~torch.isfinite((updated * updated).sum(dim=1))
+        means = torch.where(keep[:, None], means, updated)
     return means, counts

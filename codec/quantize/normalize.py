@@ -1,20 +1,29 @@
-"""What happens to the latent before and after the residual stack (F5).
+"""What happens to the latent before and after the residual stack (F5): one object per variant.
 
-- "none":      SoundStream; the stack sees the encoder output as it is.
-- "zscore":    StreamVC; every frame is standardised over channels. The stack
-               and its output live in the standardised space (nothing is restored).
-- "l2":        DAC; nothing happens at the stack level: each level compares
-               L2-normalised inputs and codewords (cosine lookup), see Codebook.
-- "rms_scale": EnCodec's `normalize`; every item is divided by its RMS scale and
-               the scale is multiplied back on the way out. The scale is side
-               information that a decoder needs next to the codes.
+A normalizer owns everything its variant changes, so the stack asks it instead of testing names:
+
+- `transform(z)`: what the stack quantizes, and the side information a decoder needs (or None);
+- `anchor(z, normalized)`: the tensor the straight-through passes the output's gradient to;
+- `restore(q, side)`: the stack's output back in the space the caller expects;
+- `metric`: how each level compares inputs with codewords;
+- `side_info_bits_per_item`: bits sent per item besides the codes.
+
+The variants, by the names configs use:
+
+- "none":      SoundStream; the stack sees the encoder output as it is (Euclidean lookup).
+- "zscore":    StreamVC; every frame is standardised over channels. The stack and its output live
+               in the standardised space (nothing is restored; the straight-through goes to it).
+- "l2":        DAC's *cosine lookup*: nothing happens at the stack level; each level compares
+               L2-normalised (projected) inputs with L2-normalised codewords. The emitted codeword
+               and the losses stay unnormalised, as in DAC. The name is the one users know.
+- "rms_scale": EnCodec's `normalize`; every item is divided by its RMS scale and the scale is
+               multiplied back on the way out. The scale (float32, 32 bits per item) is side
+               information that `decode` needs next to the codes.
 """
 
 from __future__ import annotations
 
 import torch
-
-NORMALIZATIONS = ("none", "zscore", "l2", "rms_scale")
 
 
 def zscore(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -29,25 +38,65 @@ def rms_scale(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return z.pow(2).mean(dim=(1, 2), keepdim=True).add(eps).sqrt()
 
 
-def lookup_metric(normalization: str) -> str:
-    return "cosine" if normalization == "l2" else "euclidean"
+class Normalizer:
+    """The "none" variant, and the interface every variant implements."""
+
+    name = "none"
+    metric = "euclidean"
+    side_info_bits_per_item = 0
+
+    def transform(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return z, None
+
+    def anchor(self, z: torch.Tensor, normalized: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def restore(self, q: torch.Tensor, side: torch.Tensor | None) -> torch.Tensor:
+        return q
+
+    def check_side(self, side: torch.Tensor | None) -> None:
+        """Raise when `decode` lacks side information this variant needs."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
 
 
-def check_normalization(normalization: str) -> str:
-    if normalization not in NORMALIZATIONS:
-        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
-    return normalization
+class ZScore(Normalizer):
+    name = "zscore"
 
-
-def normalize_input(z: torch.Tensor, normalization: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(what the stack quantizes, the per-item scale for rms_scale or None)."""
-    if normalization == "zscore":
+    def transform(self, z):
         return zscore(z), None
-    if normalization == "rms_scale":
+
+    def anchor(self, z, normalized):
+        return normalized
+
+
+class CosineLookup(Normalizer):
+    name = "l2"
+    metric = "cosine"
+
+
+class RMSScale(Normalizer):
+    name = "rms_scale"
+    side_info_bits_per_item = 32  # one float32 scale per item
+
+    def transform(self, z):
         scale = rms_scale(z)
         return z / scale, scale
-    return z, None
+
+    def restore(self, q, side):
+        return q if side is None else q * side
+
+    def check_side(self, side):
+        if side is None:
+            raise ValueError('normalization="rms_scale" needs the per-item scale returned by encode()')
 
 
-def restore_output(q: torch.Tensor, scale: torch.Tensor | None) -> torch.Tensor:
-    return q if scale is None else q * scale
+NORMALIZERS: dict[str, Normalizer] = {n.name: n for n in (Normalizer(), ZScore(), CosineLookup(), RMSScale())}
+NORMALIZATIONS = tuple(NORMALIZERS)
+
+
+def normalizer_for(name: str) -> Normalizer:
+    if name not in NORMALIZERS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {name!r}")
+    return NORMALIZERS[name]

@@ -2,11 +2,14 @@
 
 Data flow (channels first, like DAC and EnCodec):
 
-    z (B, dim, T) -> normalize_input -> rows (B*T, dim)
+    z (B, dim, T) -> normalizer.transform -> rows (B*T, dim)
       level i: x_i = in_proj(r_i); q_i = nearest codeword; out_i = out_proj(sg(q_i))
                r_{i+1} = r_i - sg(out_i)     # residual keeps an identity path to z
     Q = sum_i mask_i * (post_scale_i * out_i + post_bias_i)
     quantized = anchor - sg(anchor) + restore(Q)   # straight-through, exactly once
+
+The levels share one `LevelsStep` per forward (stacked lookup tables, one batched codebook update
+after the last level) and a plain EMA stack takes the closed-form path (`closed_form.py`).
 
 Because the residual subtracts a *detached* output, every level's commitment
 loss reaches the encoder (EnCodec subtracts the straight-through output, so
@@ -24,22 +27,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from codec.quantize import closed_form
 from codec.quantize.codebook import INITS, UPDATES, Codebook
 from codec.quantize.dropout import sample_levels_per_item
-from codec.quantize.normalize import (
-    NORMALIZATIONS,
-    check_normalization,
-    lookup_metric,
-    normalize_input,
-    restore_output,
-)
+from codec.quantize.lookup import full_precision
+from codec.quantize.normalize import NORMALIZATIONS, normalizer_for
 from codec.quantize.stats import LevelStats, codebook_utilization
-
-LOW_PRECISION = (torch.float16, torch.bfloat16)
+from codec.quantize.step import LevelsStep
 
 
 @dataclass
@@ -60,10 +57,11 @@ class ResidualVQ(nn.Module):
         num_quantizers: levels in the stack.
         codebook_size: codes per level.
         codebook_dim: if set, each level projects to this size for the lookup (DAC's factorised codes).
-        normalization: "none" | "zscore" | "l2" | "rms_scale" (see codec.quantize.normalize).
+        normalization: "none" | "zscore" | "l2" | "rms_scale" (see codec.quantize.normalize;
+            "l2" is DAC's cosine lookup).
         update: "ema" (codebook is a buffer moved by EMA) | "gradient" (codebook loss trains it).
         commitment_weight: weight of the summed commitment losses in `losses["commit"]`.
-        decay: EMA decay of codewords and usage counts.
+        decay: EMA decay of codewords, usage counts and the input scale.
         init: "kmeans" (from the first training batch) | "random" (standard normal).
         dead_code_threshold: codes whose EMA usage (assignments per step) falls below it are
             moved onto recent inputs; 0 disables replacement.
@@ -71,8 +69,15 @@ class ResidualVQ(nn.Module):
         post_scale: learnable per-level, per-channel scale and bias on each level's output
             (the reports' Phase A structure).
         kmeans_iters: Lloyd iterations of the k-means init.
+        compile: torch.compile the batched codebook update (fewer, fused kernels on a GPU; the
+            first training step pays the compilation).
         chunk_rows: rows per distance chunk (default: about 4M distances per chunk).
-        check_finite: reject NaN/inf input with a clear error (one pass over z).
+        check_finite: NaN/inf input. "eager" (or True): a ValueError naming the counts, read back
+            before anything is updated (one host-device synchronisation per forward); "deferred":
+            no synchronisation, non-finite values cannot move any codebook (their updates are
+            rejected code by code and counted in each level's `rejected_updates`) and the loss
+            shows them; "auto" (default): eager for CPU tensors, deferred on accelerators;
+            False: no check.
     """
 
     def __init__(
@@ -90,33 +95,36 @@ class ResidualVQ(nn.Module):
         quantizer_dropout: float = 0.0,
         post_scale: bool = False,
         kmeans_iters: int = 10,
+        compile: bool = False,
         chunk_rows: int | None = None,
-        check_finite: bool = True,
+        check_finite: bool | str = "auto",
     ):
         super().__init__()
         _check_options(
             dim, num_quantizers, codebook_size, codebook_dim, normalization, update, init,
-            commitment_weight, decay, dead_code_threshold, quantizer_dropout,
+            commitment_weight, decay, dead_code_threshold, quantizer_dropout, check_finite,
         )
         self.dim = dim
         self.num_quantizers = num_quantizers
         self.codebook_size = codebook_size
         self.normalization = normalization
+        self.normalizer = normalizer_for(normalization)
         self.update = update
         self.commitment_weight = commitment_weight
         self.quantizer_dropout = quantizer_dropout
         self.check_finite = check_finite
-        metric = lookup_metric(normalization)
         self.levels = nn.ModuleList(
             Codebook(
-                dim, codebook_size, codebook_dim, metric=metric, update=update, decay=decay,
+                dim, codebook_size, codebook_dim, metric=self.normalizer.metric, update=update, decay=decay,
                 init=init, kmeans_iters=kmeans_iters, dead_code_threshold=dead_code_threshold,
-                chunk_rows=chunk_rows,
+                chunk_rows=chunk_rows, compile=compile,
             )
             for _ in range(num_quantizers)
         )
         # A buffer, so every state_dict and checkpoint carries it (F1).
         self.register_buffer("num_active", torch.tensor(num_quantizers, dtype=torch.long))
+        self._active_seen: tuple[int, int] | None = None
+        self._active_value = num_quantizers
         if post_scale:
             self.post_scale = nn.Parameter(torch.ones(num_quantizers, dim))
             self.post_bias = nn.Parameter(torch.zeros(num_quantizers, dim))
@@ -130,14 +138,25 @@ class ResidualVQ(nn.Module):
         if not 1 <= n <= self.num_quantizers:
             raise ValueError(f"num_active must be in [1, {self.num_quantizers}], got {n}")
         self.num_active.fill_(n)
+        self._active_seen, self._active_value = (self.num_active._version, self.num_active.data_ptr()), n
+
+    @property
+    def active_levels(self) -> int:
+        """The `num_active` buffer as a Python int, read back from the device only when the buffer
+        changed (set, loaded, restored, moved), so per-step callers cause no synchronisation."""
+        buffer = self.num_active
+        seen = (buffer._version, buffer.data_ptr())
+        if seen != self._active_seen:
+            self._active_value, self._active_seen = int(buffer), seen
+        return self._active_value
 
     @property
     def side_info_bits_per_item(self) -> int:
         """Bits sent per item besides the codes: the float32 RMS scale for "rms_scale"."""
-        return 32 if self.normalization == "rms_scale" else 0
+        return self.normalizer.side_info_bits_per_item
 
     def bits_per_frame(self, num_levels: int | None = None) -> float:
-        return (num_levels or int(self.num_active)) * math.log2(self.codebook_size)
+        return (num_levels or self.active_levels) * math.log2(self.codebook_size)
 
     # ---------------------------------------------------------------- forward
     def forward(self, z: torch.Tensor, num_levels: int | None = None) -> RVQOutput:
@@ -156,7 +175,7 @@ class ResidualVQ(nn.Module):
         if codes.dim() != 3:
             raise ValueError(f"codes must be (batch, levels, frames), got shape {tuple(codes.shape)}")
         n = codes.shape[1]
-        active = int(self.num_active)
+        active = self.active_levels
         if not 1 <= n <= active:
             raise ValueError(
                 f"codes have {n} levels but this model has {active} active levels "
@@ -165,98 +184,86 @@ class ResidualVQ(nn.Module):
         if codes.dtype not in (torch.int64, torch.int32) or codes.min() < 0 or codes.max() >= self.codebook_size:
             raise ValueError(f"codes must be integers in [0, {self.codebook_size}), got dtype {codes.dtype}, "
                              f"range [{int(codes.min())}, {int(codes.max())}]")
-        if self.normalization == "rms_scale" and scale is None:
-            raise ValueError('normalization="rms_scale" needs the per-item scale returned by encode()')
+        self.normalizer.check_side(scale)
         b, _, t = codes.shape
         rows = rearrange(codes.long(), "b n t -> (b t) n")
         total = 0.0
         for i in range(n):
             total = total + self._post(i, self.levels[i].lookup(rows[:, i]))
         q = rearrange(total, "(b t) d -> b d t", b=b, t=t)
-        return restore_output(q, scale)
+        return self.normalizer.restore(q, scale)
 
     def _run(self, z: torch.Tensor, num_levels: int | None, allow_dropout: bool) -> RVQOutput:
         self._check_input(z)
         n = self._levels_to_use(num_levels)
         b, _, t = z.shape
-        normalized, scale = normalize_input(z, self.normalization)
-        anchor = normalized if self.normalization == "zscore" else z
+        # The whole stack in float32, autocast off: bf16 distances pick wrong codes, bf16 EMA drifts.
+        with full_precision(z.device):
+            z32 = z.float()
+            normalized, side = self.normalizer.transform(z32)
+            anchor = self.normalizer.anchor(z32, normalized)
+            dropout = allow_dropout and self.training and self.quantizer_dropout > 0
+            if dropout:
+                levels_per_item = sample_levels_per_item(b, n, self.quantizer_dropout, z.device)
+            else:
+                levels_per_item = torch.full((b,), n, dtype=torch.long, device=z.device)
+            residual = rearrange(normalized, "b d t -> (b t) d")
+            step = LevelsStep(self.levels[:n], residual.shape[0], z.device)
+            if self._closed_form(dropout):
+                total, codes, commit_per_level = closed_form.quantize(residual, step)
+                codebook_losses, used = [], None
+            else:
+                levels_per_row = levels_per_item.repeat_interleave(t) if dropout else None
+                total, codes, commit_per_level, codebook_losses = self._levels(residual, levels_per_row, step)
+                used = None if levels_per_row is None else levels_per_row[:, None] > torch.arange(n, device=z.device)
+            step.finish(codes, used)
 
-        levels_per_item = torch.full((b,), n, dtype=torch.long, device=z.device)
-        if allow_dropout and self.training and self.quantizer_dropout > 0:
-            levels_per_item = sample_levels_per_item(b, n, self.quantizer_dropout, z.device)
-        all_levels = bool((levels_per_item == n).all())
-
-        residual = rearrange(normalized, "b d t -> (b t) d")
-        if residual.dtype in LOW_PRECISION:
-            residual = residual.float()
-        if all_levels and self._plain_ema_stack():
-            total, codes, commit_per_level, codebook_losses = self._plain_levels(residual, n)
-        else:
-            total, codes, commit_per_level, codebook_losses = self._levels(residual, n, levels_per_item, t, all_levels)
-
-        q = rearrange(total, "(b t) d -> b d t", b=b, t=t).to(z.dtype)
-        restored = restore_output(q, None if scale is None else scale.detach())
-        quantized = _StraightThrough.apply(anchor, restored)
-        losses = {"commit": self.commitment_weight * commit_per_level.sum()}
-        if codebook_losses:
-            losses["codebook"] = torch.stack(codebook_losses).sum()
+            q = rearrange(total, "(b t) d -> b d t", b=b, t=t)
+            restored = self.normalizer.restore(q, None if side is None else side.detach())
+            quantized = _StraightThrough.apply(anchor, restored).to(z.dtype)
+            losses = {"commit": self.commitment_weight * commit_per_level.sum()}
+            if codebook_losses:
+                losses["codebook"] = torch.stack(codebook_losses).sum()
         return RVQOutput(
             quantized=quantized,
-            codes=rearrange(torch.stack(codes, dim=1), "(b t) n -> b n t", b=b, t=t),
+            codes=rearrange(codes, "(b t) n -> b n t", b=b, t=t),
             losses=losses,
-            scale=scale,
+            scale=side,
             levels_per_item=levels_per_item,
             commit_per_level=commit_per_level,
         )
 
-    def _levels(self, residual, n, levels_per_item, t, all_levels):
+    def _closed_form(self, dropout: bool) -> bool:
+        return closed_form.applies(self.update, self.levels[0].projected, self.post_scale is not None, dropout)
+
+    def _levels(self, residual, levels_per_row, step):
         """The general loop: projections, post_scale, dropout masks, gradient-trained codebooks."""
         total = 0.0
         codes, commits, codebook_losses = [], [], []
-        for i in range(n):
-            row_weight = None
-            if not all_levels:
-                row_weight = (levels_per_item > i).to(residual.dtype).repeat_interleave(t)
-            level = self.levels[i](residual, row_weight)
-            contribution = self._post(i, level.output)
+        for i in range(len(step.levels)):
+            level = self.levels[i]
+            row_mask = None if levels_per_row is None else levels_per_row > i
+            row_weight = None if row_mask is None else row_mask.to(residual.dtype)
+            x = level.in_proj(residual)
+            out = level.emit(x, step.search(i, x, row_mask), row_weight)
+            contribution = self._post(i, out.output)
             total = total + (contribution if row_weight is None else contribution * row_weight[:, None])
-            residual = residual - level.output.detach()
-            codes.append(level.codes)
-            commits.append(level.commit)
-            if level.codebook is not None:
-                codebook_losses.append(level.codebook)
-        return total, codes, torch.stack(commits), codebook_losses
+            # The *detached* output: every level's commitment loss reaches the encoder, and none
+            # reaches an earlier level's out_proj (tests/test_gradients.py pins it).
+            residual = residual - out.output.detach()
+            codes.append(out.codes)
+            commits.append(out.commit)
+            if out.codebook is not None:
+                codebook_losses.append(out.codebook)
+        return total, torch.stack(codes, dim=1), torch.stack(commits), codebook_losses
 
-    def _plain_ema_stack(self) -> bool:
-        return self.update == "ema" and self.post_scale is None and not self.levels[0].projected
-
-    def _plain_levels(self, residual, n):
-        """Same result as `_levels` for EMA codebooks without projections, post_scale or dropout.
-
-        The residual is updated in place without autograd, the sum of codewords is r_0 - r_n, and
-        the commitment losses mean(r_{i+1}^2) get their gradient to r_0 in closed form: the general
-        loop spends a quarter of the step on per-level autograd bookkeeping (bench/quantizer.py).
-        Backward keeps only r_n, the codes and each level's codebook, so memory does not grow
-        with the number of levels times the rows.
-        """
-        work = residual.detach().clone()
-        codes, books, commits = [], [], []
-        for level in self.levels[:n]:
-            level_codes, q, book = level.assign_keeping_codebook(work)
-            work.sub_(q)
-            codes.append(level_codes)
-            books.append(book)
-            commits.append(torch.linalg.vector_norm(work).square())
-        commits = _StackCommitment.apply(residual, torch.stack(commits) / work.numel(), work, codes, books)
-        return residual.detach() - work, codes, commits, []
     def _post(self, level: int, output: torch.Tensor) -> torch.Tensor:
         if self.post_scale is None:
             return output
         return output * self.post_scale[level] + self.post_bias[level]
 
     def _levels_to_use(self, num_levels: int | None) -> int:
-        active = int(self.num_active)
+        active = self.active_levels
         if num_levels is None:
             return active
         if not 1 <= int(num_levels) <= active:
@@ -277,9 +284,11 @@ class ResidualVQ(nn.Module):
             )
         if not z.is_floating_point():
             raise ValueError(f"ResidualVQ expects a floating-point z, got {z.dtype}")
+        if not _checks_eagerly(self.check_finite, z.device):
+            return
         # One reduction catches NaN/inf (they propagate into the sum); only a non-finite sum,
         # which may also be a float overflow of finite values, pays for the exact check.
-        if self.check_finite and not bool(torch.isfinite(z.sum())) and not bool(torch.isfinite(z).all()):
+        if not bool(torch.isfinite(z.sum())) and not bool(torch.isfinite(z).all()):
             n_nan = int(torch.isnan(z).sum())
             n_inf = int(torch.isinf(z).sum())
             raise ValueError(
@@ -289,8 +298,9 @@ class ResidualVQ(nn.Module):
 
     # ------------------------------------------------------------- statistics
     def level_stats(self) -> list[LevelStats]:
-        """Per-level statistics after the last forward (histogram, perplexity, usage, norms)."""
-        active = int(self.num_active)
+        """Per-level statistics after the last forward (histogram, perplexity, usage, norms).
+        Reads values back to the host: call it on logging steps."""
+        active = self.active_levels
         return [level.stats(i, i < active) for i, level in enumerate(self.levels)]
 
     def utilization(self, stats: list[LevelStats] | None = None) -> float:
@@ -301,35 +311,14 @@ class ResidualVQ(nn.Module):
         return codebook_utilization([s.histogram for s in stats if s.active], self.codebook_size)
 
 
-class _StackCommitment(torch.autograd.Function):
-    """Per-level commitment losses of a projection-free stack, mean(r_{i+1}^2) (computed by the
-    caller), with the gradient to the stack input r_0 in closed form: r_{i+1} = r_0 - sg(codewords
-    of levels <= i), so d mean(r_{i+1}^2) / d r_0 = 2 r_{i+1} / numel. Equal to mse(x_i, sg(q_i)).
+FINITE_CHECKS = (True, False, "auto", "eager", "deferred")
 
-    Only the last residual r_n, the codes and each level's codebook are kept. With
-    r_{i+1} = r_n + sum_{j>i} q_j, the gradient sum_i w_i r_{i+1} is W r_n + sum_{j>=1} c_j q_j,
-    c_j = w_0 + ... + w_{j-1}: one embedding_bag over the codebooks scaled by c_j re-gathers and
-    sums every level's codewords in a single pass over the rows."""
 
-    @staticmethod
-    def forward(ctx, r0, losses, last_residual, codes, books):
-        ctx.save_for_backward(last_residual)
-        ctx.codes, ctx.books = codes, books
-        return losses.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (r_n,) = ctx.saved_tensors
-        w = grad.double() * (2.0 / r_n.numel())
-        prefix = torch.cumsum(w, 0)  # prefix[j - 1] = c_j
-        if len(ctx.books) == 1:
-            return r_n * float(w[0]), None, None, None, None
-        size = ctx.books[0].shape[0]
-        table = torch.cat([book * float(prefix[j - 1]) for j, book in enumerate(ctx.books) if j > 0])
-        offsets = torch.arange(len(ctx.books) - 1, device=r_n.device) * size
-        bags = torch.stack(ctx.codes[1:], dim=1) + offsets  # (N, n - 1) rows into the stacked table
-        g = F.embedding_bag(bags, table, mode="sum")
-        return g.add_(r_n, alpha=float(prefix[-1])), None, None, None, None
+def _checks_eagerly(check_finite: bool | str, device: torch.device) -> bool:
+    """Whether `check_finite` reads the input's finiteness back before quantizing on `device`."""
+    if check_finite == "auto":
+        return device.type == "cpu"  # a CPU tensor's check waits for no device
+    return check_finite is True or check_finite == "eager"
 
 
 class _StraightThrough(torch.autograd.Function):
@@ -360,8 +349,8 @@ def frozen_codebooks(module: nn.Module) -> Iterator[None]:
 
 
 def _check_options(dim, num_quantizers, codebook_size, codebook_dim, normalization, update, init,
-                   commitment_weight, decay, dead_code_threshold, quantizer_dropout) -> None:
-    check_normalization(normalization)
+                   commitment_weight, decay, dead_code_threshold, quantizer_dropout, check_finite="auto") -> None:
+    normalizer_for(normalization)
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
     if init not in INITS:
@@ -379,6 +368,8 @@ def _check_options(dim, num_quantizers, codebook_size, codebook_dim, normalizati
         raise ValueError(f"commitment_weight must be >= 0, got {commitment_weight!r}")
     if dead_code_threshold < 0:
         raise ValueError(f"dead_code_threshold must be >= 0, got {dead_code_threshold!r}")
+    if not any(check_finite is c if isinstance(c, bool) else check_finite == c for c in FINITE_CHECKS):
+        raise ValueError(f"check_finite must be one of {FINITE_CHECKS}, got {check_finite!r}")
 
 
 __all__ = ["NORMALIZATIONS", "RVQOutput", "ResidualVQ", "frozen_codebooks"]

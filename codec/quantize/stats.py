@@ -62,6 +62,8 @@ class LevelStats:
     value_max: float
     distance_from_init: float  # mean ||c - c_init|| / max(mean ||c_init||, mean ||c||)
     trained_steps: int  # training forwards in which this level was active
+    input_scale: float = 0.0  # EMA of the largest |input value| per training step; 0: never measured
+    rejected_updates: int = 0  # code updates refused as non-finite since the start
 
     def scalars(self) -> dict[str, float]:
         """The scalar fields, for loggers."""
@@ -77,4 +79,6 @@ class LevelStats:
             "value_min": self.value_min,
             "value_max": self.value_max,
             "distance_from_init": self.distance_from_init,
+            "input_scale": self.input_scale,
+            "rejected_updates": float(self.rejected_updates),
         }

@@ -37,6 +37,7 @@ from optuna.trial import TrialState
 from codec.sweep import arms
 from codec.sweep.config import Sweep, SweepFileError
 from codec.sweep.storage import display_url, open_storage, storage_file, storage_lock
+from codec.threads import apply_thread_settings, runs_sharing_cpus
 
 POLL_S = 5.0  # how often (at most) a worker with nothing to run looks for dead workers' trials
 
@@ -241,14 +242,11 @@ class StopWhenDone:
             study.stop()
 
 
-def optimize(sweep: Sweep, worker: int = 0, threads: int | None = None) -> None:
+def optimize(sweep: Sweep, worker: int = 0) -> None:
     """One worker: run trials until the study owes none."""
     from codec.sweep.trial import objective
 
-    if threads:  # N workers x all cores each would oversubscribe the CPU many times over
-        import torch
-
-        torch.set_num_threads(threads)
+    apply_thread_settings()  # this worker's share: N workers x all cores each would thrash (codec/threads.py)
     study = load_study(sweep, worker)
     if not wait_for_work(study, sweep):
         return
@@ -290,11 +288,10 @@ def run(sweep: Sweep, jobs: int = 1) -> optuna.Study:
         optimize(sweep)
         return study
     context = multiprocessing.get_context("spawn")  # fork would copy torch's threads and locks
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    workers = [context.Process(target=optimize, args=(sweep, i, threads), name=f"sweep-worker-{i}")
-               for i in range(jobs)]
-    for w in workers:
-        w.start()
+    workers = [context.Process(target=optimize, args=(sweep, i), name=f"sweep-worker-{i}") for i in range(jobs)]
+    with runs_sharing_cpus(jobs):  # spawned workers inherit their share of the CPUs (codec/threads.py)
+        for w in workers:
+            w.start()
     for w in workers:
         w.join()
     failed = [f"{w.name} (exit code {w.exitcode})" for w in workers if w.exitcode != 0]

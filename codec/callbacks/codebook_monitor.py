@@ -70,7 +70,6 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
         self._steps: dict[str, StepUsage] = {}
         self._window: dict[str, torch.Tensor] = {}      # (levels, K) histogram sums of the window
         self._val: dict[str, torch.Tensor] = {}         # (levels, K) eval-mode histograms of a validation
-        self._input_absmax: dict[tuple[str, int], torch.Tensor] = {}  # fallback input scale (older quantizers)
         self._activated: dict[str, dict[int, int]] = {}  # level -> first step it trained in
         self._active_now: dict[str, int] = {}
         self._window_start = 1   # first step of the current window
@@ -113,12 +112,6 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
                                                       counts.device)
             judged = sum(1 for level in range(a) if activated[level] + self.usage_rule.grace_steps <= step)
             usage.update(counts, judged)
-            for level in range(a):  # older quantizers: the input scale of the window
-                absmax = getattr(rvq.levels[level], "last_input_absmax", None)
-                if absmax is not None and not hasattr(rvq.levels[level], "input_scale"):
-                    key = (name, level)
-                    seen = self._input_absmax.get(key)
-                    self._input_absmax[key] = absmax if seen is None else torch.maximum(seen, absmax)
         if step == self._last_step:
             return
         self._last_step = step
@@ -173,7 +166,7 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
                 if activated is not None and activated <= self._window_start:  # active the whole window
                     self.record(tracker.window(step, s.level, used, step - self._window_start + 1, active))
                 state = level_state(s.level, True, level.codebook, level.cluster_size, s.initialized,
-                                    s.trained_steps, self._input_scale(name, s.level, level),
+                                    s.trained_steps, level.input_scale,
                                     level.dead_code_threshold > 0 and level.init == "kmeans", self.codebook_rule,
                                     getattr(s, "rejected_updates", 0))
                 logs.update({f"{key}/{k}": v for k, v in s.scalars().items()
@@ -189,16 +182,11 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
                 self._window[name].zero_()
             logs[f"train/codebook/{prefix}active_levels"] = float(active)
         logs["train/health/codebook_warnings"] = float(len(self.verdicts))
-        self._input_absmax = {}
         self._window_start = step + 1
         log_now(trainer, logs)
         if self.log_histograms and histograms:
             _log_wandb_histograms(trainer, histograms, step)
         return logs
-
-    def _input_scale(self, name: str, index: int, level) -> torch.Tensor | None:
-        scale = getattr(level, "input_scale", None)
-        return scale if scale is not None else self._input_absmax.get((name, index))
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self, trainer, pl_module) -> None:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from codec.reproduce.phases import PHASES
-from codec.reproduce.runner import Run, available_cpus, config_for, run_all
+from codec.reproduce.runner import Run, available_cpus, configs_for, run_all, run_name
 
 GPU_STEPS, CPU_STEPS = 6000, 3000
 
@@ -48,8 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codec reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, help=f"training steps per run (default {GPU_STEPS} on a GPU, {CPU_STEPS} on CPU)")
-    p.add_argument("--phases", default=",".join(ph.name for ph in PHASES),
-                   help="comma-separated config names under conf/ (or YAML paths); default: every phase and waveform_l1")
+    p.add_argument("--phases", default=",".join(ph.name for ph in PHASES if ph.default),
+                   help="comma-separated config names under conf/ (or YAML paths), `+` joining pieces loaded in "
+                        "order (phase_1+gan); default: every phase, phase_b_ema and waveform_l1")
     p.add_argument("--out", default="runs/reproduce", help="output folder (default runs/reproduce)")
     p.add_argument("--jobs", type=int, help="runs at once (default: as many as the CPUs allow, one thread each at least)")
     p.add_argument("--val-every", type=int, default=250, help="steps between validations (default 250)")
@@ -80,13 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     if steps < 1 or opts.val_every < 1:
         print("codec reproduce: --steps and --val-every must be positive", file=sys.stderr)
         return 2
-    names = [n.strip() for n in opts.phases.split(",") if n.strip()]
+    specs = [n.strip() for n in opts.phases.split(",") if n.strip()]
     try:
-        configs = {name: config_for(name) for name in names}
+        configs = {run_name(spec): configs_for(spec) for spec in specs}
     except FileNotFoundError as error:
         print(f"codec reproduce: {error}", file=sys.stderr)
         return 2
-    names = [Path(n).stem if n.endswith((".yaml", ".yml")) else n for n in names]
+    names = list(configs)
     out = Path(opts.out)
     root = out / "runs"
     timings_path = out / "timings.json"
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                     "--trainer.check_val_every_n_epoch=null", "--diagnostics.amplitude.mode=warn",
                     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
                     f"--run.wandb={'true' if opts.wandb else 'false'}", *extra]
-        runs = [Run(name, configs[original], run_args) for name, original in zip(names, configs, strict=True)]
+        runs = [Run(name, configs[name], run_args) for name in names]
         print(f"codec reproduce: {len(runs)} runs of {steps} steps, {jobs} at a time with {threads} thread(s) each, "
               f"on {'GPU' if gpu else 'CPU'}; runs in {root}")
         started = time.monotonic()

@@ -17,6 +17,7 @@ class Phase:
     reported: str         # what the reports observed, in their words and numbers
     reported_ratio: float | None  # their final RMS as a ratio to their target (None: not reported)
     expect: str           # what a faithful reproduction shows: "kept", "collapse", "open"
+    default: bool = True  # run by `codec reproduce` without --phases
 
 
 PHASES = (
@@ -31,6 +32,8 @@ PHASES = (
           "re-seeding (the hybrid this lab first ran as phase_b)", None, "open"),
     Phase("waveform_l1", "not in the reports: this lab's waveform-L1 baseline (learns in minutes on CPU)", None,
           "kept"),
+    Phase("phase_1+gan", "not in the reports as such: phase_1 with adversarial training after a warm-up, as the "
+          "reports trained (conf/gan.yaml)", 0.080 / REPORTS_TARGET_RMS, "kept", default=False),
 )
 
 

@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 @dataclass
 class Run:
     name: str
-    config: Path
+    configs: list[Path]  # -c files in order: the phase, then pieces such as conf/gan.yaml
     args: list[str] = field(default_factory=list)
     seconds: float | None = None
     returncode: int | None = None
@@ -48,6 +48,16 @@ def config_for(name: str) -> Path:
     return candidate
 
 
+def configs_for(spec: str) -> list[Path]:
+    """The -c files of a run spec: `phase_1`, or `phase_1+gan` for conf/phase_1.yaml then conf/gan.yaml."""
+    return [config_for(part) for part in spec.split("+")]
+
+
+def run_name(spec: str) -> str:
+    """The run's name (its folder under the output's runs/): the spec, with YAML paths as their stem."""
+    return "+".join(Path(part).stem if part.endswith((".yaml", ".yml")) else part for part in spec.split("+"))
+
+
 def finished(run_root: Path, steps: int) -> bool:
     """The newest version under run_root finished at least `steps` steps (its summary.json says so)."""
     versions = sorted(run_root.glob("version_*"), key=lambda p: int(p.name.split("_")[1]) if
@@ -59,8 +69,9 @@ def finished(run_root: Path, steps: int) -> bool:
 
 
 def fit_command(run: Run, root: Path) -> list[str]:
-    return [sys.executable, "-m", "codec.cli", "fit", "-c", str(run.config), f"--run.root={root}",
-            f"--run.name={run.name}", *run.args]
+    configs = [arg for config in run.configs for arg in ("-c", str(config))]
+    return [sys.executable, "-m", "codec.cli", "fit", *configs, f"--run.root={root}", f"--run.name={run.name}",
+            *run.args]
 
 
 def run_all(runs: list[Run], root: Path, logs: Path, steps: int, jobs: int, threads: int,

@@ -10,7 +10,7 @@ CONSTRAINTS := constraints.txt
 PIP_INSTALL = $(PY) -m pip install --quiet --disable-pip-version-check -c $(CONSTRAINTS)
 export WANDB_MODE ?= offline
 
-.PHONY: venv test demo bench lint clean sweep speech
+.PHONY: venv test demo bench lint clean sweep reproduce speech
 
 venv: $(STAMP)
 
@@ -46,6 +46,11 @@ SWEEP_ARGS = $(if $(TRIALS),--trials=$(TRIALS)) $(if $(STEPS),--steps=$(STEPS)) 
 	$(if $(JOBS),--jobs=$(JOBS))
 sweep: $(STAMP)
 	$(VENV)/bin/codec sweep sweeps/$(ABLATION).yaml $(SWEEP_ARGS)
+
+# The reports' phases trained at real length, beside the reports' outcomes: runs/reproduce/reproduce.md.
+# STEPS= (default 6000 on a GPU, 3000 on CPU), PHASES=phase_1,phase_b and JOBS= shorten or shape it.
+reproduce: $(STAMP)
+	$(VENV)/bin/codec reproduce $(if $(STEPS),--steps=$(STEPS)) $(if $(PHASES),--phases=$(PHASES)) $(if $(JOBS),--jobs=$(JOBS))
 
 # A folder of speech to train on: espeak-ng in 8 voices + the alsa-utils recordings (scripts/make_speech.sh).
 # make speech SPEECH_DIR=data/speech; then codec fit -c conf/phase_b.yaml --data.data_dir=data/speech

@@ -8,6 +8,7 @@
     codec eval CKPT --data DIR [--json]       audio metrics and usage, eval mode vs train mode (F7)
     codec sweep SWEEP.yaml [-j N]             an Optuna study over a sweep file (sweeps/)
     codec compare RUN_DIR...                  the phase comparison: tables and curves from run directories
+    codec reproduce [--steps N]               the reports' phases at real length, beside the reports' outcomes
     codec listen RUN_DIR...                   one HTML page of audio examples and spectrograms, side by side
 
 `codec --help` (or `codec` alone) lists every subcommand; `codec SUBCOMMAND --help` describes one.
@@ -35,6 +36,7 @@ TOOLS = {
     "sweep": ("codec.sweep.command", "an Optuna study over a sweep file (sweeps/)"),
     "compare": ("codec.compare", "the phase comparison: tables and curves from run directories"),
     "listen": ("codec.listen", "one HTML page of audio examples and spectrograms, side by side"),
+    "reproduce": ("codec.reproduce.command", "the reports' phases at real length, beside the reports' outcomes"),
 }
 
 # LightningCLI's subcommands (codec/training_cli.py), described without importing Lightning.

@@ -72,12 +72,23 @@ def phase_table(runs: list[Run], steps: list[int] | None = None) -> tuple[str, l
 
 
 def verdict_text(run: Run) -> str:
-    """The monitors' verdicts from summary.json ("F3@1500 F4@1500"), "none", or "-" without a summary."""
-    from codec.callbacks.verdict import verdict_tags
+    """The monitors' verdicts from summary.json ("F3@1500 F4@1500"), then those the rules reach now
+    on the run's metrics.csv but the run did not raise (older runs, monitors switched off), marked
+    with "*"; "none", or "-" without a summary and nothing replayed."""
+    from codec.diagnostics.verdict import verdict_tags
 
-    if run.summary is None:
-        return "-"
-    return verdict_tags(run.summary) or "none"
+    live = verdict_tags(run.summary) if run.summary is not None else ""
+    extra = replayed_only(run)
+    text = " ".join(filter(None, [live, " ".join(f"{v.failure}@{v.step}*" for v in extra)]))
+    return text or ("none" if run.summary is not None else "-")
+
+
+def replayed_only(run: Run) -> list:
+    """Verdicts `codec.diagnostics.replay` reaches on the run's metrics.csv that its summary lacks."""
+    from codec.diagnostics.replay import replay
+
+    raised = {(v.get("failure"), v.get("rule"), v.get("subject")) for v in (run.summary or {}).get("verdicts") or []}
+    return [v for v in replay(run.metrics, run.config) if v.key not in raised]
 
 
 def _step_label(step: int) -> str:
@@ -169,9 +180,14 @@ def write(runs: list[Run], out_dir: Path, steps: list[int] | None = None) -> Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     table, _ = phase_table(runs, steps)
     text = ["# Run comparison", "", "Values are the last logged at or before each step; "
-            "\"ended at\" is the step each run stopped at (its verdict block's).", ""]
+            "\"ended at\" is the step each run stopped at (its verdict block's). Verdicts are the run's own "
+            "(summary.json); those marked * are what the diagnostics rules find on its metrics.csv now "
+            "(docs/failure-modes.md).", ""]
     text += [f"- {note}" for note in skipped_notes(runs)] + ([""] if skipped_notes(runs) else [])
     text.append(table)
+    replayed = [(run, v) for run in runs for v in replayed_only(run)]
+    if replayed:
+        text += ["", "Found by the rules now (*):", ""] + [f"- {run.label}: {v.line()}" for run, v in replayed]
     differences = config_differences(runs)
     if differences:
         names = [run.label for run in runs]

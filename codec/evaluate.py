@@ -106,18 +106,42 @@ def agreement(a: ModeResult, b: ModeResult) -> list[float]:
     return [float((ca[i] == cb[i]).double().mean()) for i in range(min(ca.shape[0], cb.shape[0]))]
 
 
-def evaluate(module, clips: list[Clip], num_levels: int | None = None, stoi: bool = False) -> dict:
-    """Both modes on `clips`; the module is left in eval mode with every buffer as it was."""
+def evaluate(module, clips: list[Clip], num_levels: int | None = None, stoi: bool = False, step: int = 0) -> dict:
+    """Both modes on `clips`, and the verdicts of the diagnostics rules on them (`step`: the
+    checkpoint's); the module is left in eval mode with every buffer as it was."""
     if not clips:
         raise ValueError("no audio to evaluate")
     results = {mode: run_mode(module, clips, mode, num_levels, stoi) for mode in MODES}
     module.eval()
-    return {
+    report = {
         "num_levels": num_levels or int(module.quantizer.num_active),
         "codebook_size": module.quantizer.codebook_size,
         "modes": {mode: r.to_dict() for mode, r in results.items()},
         "agreement": agreement(results["eval"], results["train"]),
     }
+    frames = sum(codes.shape[-1] for codes in results["eval"].codes)
+    report["verdicts"] = [v.to_dict() for v in judge(report, frames, step)]
+    return report
+
+
+def judge(report: dict, frames: int, step: int = 0) -> list:
+    """The diagnostics rules on one measurement: the output level (codec.diagnostics.amplitude, without
+    the patience a run has), each level's eval-mode usage over `frames` rows (usage.validation) and
+    train mode against eval mode (F7), at the checkpoint's `step`."""
+    from codec.diagnostics.amplitude import judge_snapshot
+    from codec.diagnostics.consistency import judge_modes
+    from codec.diagnostics.usage import UsageTracker
+
+    eval_, train = report["modes"]["eval"], report["modes"]["train"]
+    verdicts = judge_snapshot({f"val/audio/{k}": v for k, v in eval_.items() if isinstance(v, (int, float))}, step)
+    usage = UsageTracker(codebook_size=report["codebook_size"])
+    for e, t, agree in zip(eval_["levels"], train["levels"], report["agreement"], strict=True):
+        verdicts += usage.validation(step, e["level"], e["perplexity"], frames)
+        verdict = judge_modes(step, e["level"], {
+            "perplexity_train_mode": t["perplexity"], "perplexity_eval_mode": e["perplexity"],
+            "codes_used_train_mode": t["codes_used"], "codes_used_eval_mode": e["codes_used"], "agreement": agree})
+        verdicts += [verdict] if verdict is not None else []
+    return verdicts
 
 
 # ------------------------------------------------------------------------------------- printing
@@ -149,6 +173,10 @@ def format_table(report: dict) -> str:
         lines.append(f"{q + ' agreement':<16} {agree:>21.3f}")
     for path in report["skipped_files"]:
         lines.append(f"skipped: {path}")
+    from codec.diagnostics.verdict import Verdict
+
+    verdicts = [Verdict.from_dict(v) for v in report.get("verdicts", [])]
+    lines += [v.line() for v in verdicts] or ["no failure of F1..F8 on this folder (docs/failure-modes.md)"]
     return "\n".join(lines)
 
 
@@ -187,7 +215,7 @@ def main(argv: list[str]) -> int:
             warn_untrained_levels(module, n, args.checkpoint, "evaluating")
         for w in caught:
             print(f"codec eval: WARNING: {w.message}", file=sys.stderr)
-        result = evaluate(module, clips, args.num_levels, args.stoi)
+        result = evaluate(module, clips, args.num_levels, args.stoi, checkpoint_step(args.checkpoint))
     except (FileNotFoundError, ValueError, ImportError) as error:
         print(f"codec eval: {error}", file=sys.stderr)
         return 2
@@ -205,6 +233,12 @@ def main(argv: list[str]) -> int:
     }
     print(json.dumps(json_safe(report), indent=2) if args.json else format_table(report))
     return 0
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The global step a checkpoint was saved at (0 when it does not say)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return int(checkpoint.get("global_step") or 0) if isinstance(checkpoint, dict) else 0
 
 
 def _relative(path: Path, root: Path) -> str:

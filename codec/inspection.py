@@ -3,19 +3,16 @@
 Every residual quantizer in the checkpoint's state_dict is found by its keys
 (`<prefix>.num_active` next to `<prefix>.levels.<i>.codebook`), so this works for
 any LightningModule that holds a `codec.quantize.ResidualVQ`, not only CodecModule.
-Per level it reports what the stored buffers say:
+Per level it reports what the stored buffers say: used and dead codes and the usage
+perplexity from the EMA usage `cluster_size`, the codebook's value range against the
+level's input scale (`input_scale`, an EMA of the largest |input|), how far it moved from
+its init, and whether it ever trained.
 
-- used / dead codes from the EMA usage buffer `cluster_size` (assignments per step):
-  dead = usage < max(dead_code_threshold, DEAD_USAGE_FLOOR); a level that never had a
-  training step has used none (its buffer still holds the nominal init mass);
-- codebook value std / min / max, and the largest |value| of its initial codebook;
-- whether it ever trained: initialized, trained_steps > 0 and moved from its init
-  (see `level_trained`).
-
-It compares the `num_active` buffer with the ProgressiveRVQ schedule stored in the
-checkpoint's callback state at the checkpoint's global step, and ends with verdict
-lines in the words of failure-modes.md (F1: active levels that never trained;
-F2: codebook values far outside their init range, most codes dead).
+The verdicts come from the same rules the live monitor applies (`codec.diagnostics.codebook`,
+with the thresholds of the run's own `config.yaml` when the checkpoint sits in a run
+directory), so a checkpoint gets the same F1/F2 verdicts here as in training at its step.
+It also compares the `num_active` buffer with the ProgressiveRVQ schedule stored in the
+checkpoint's callback state.
 """
 
 from __future__ import annotations
@@ -30,23 +27,23 @@ from typing import Any
 
 import torch
 
+from codec.diagnostics.codebook import (
+    MOVED_FROM_INIT,
+    CodebookRule,
+    LevelState,
+    dead_code_count,
+    judge_level,
+    level_trained,
+    measured_scale,
+    usage_perplexity,
+)
+from codec.diagnostics.verdict import Verdict
 from codec.json_safe import json_safe
-from codec.quantize.codebook import DEAD_USAGE_FLOOR
 from codec.quantize.stats import distance_from_init
-
-# A level "moved from init" when its mean codeword distance from init, relative to the larger mean
-# norm (init or now), exceeds this (float32 round-off of an untouched codebook is 0).
-MOVED_FROM_INIT = 1e-6
-# F2 thresholds: values beyond this multiple of the init range, dead codes beyond this fraction.
-DRIFT_FACTOR = 5.0
-DEAD_FRACTION = 0.75
 
 _LEVEL_KEY = re.compile(r"^(?:(.*)\.)?levels\.(\d+)\.codebook$")
 
-F1_REMEDY = ("decode with the levels that trained (`codec encode --num-levels N`), or train on past "
-             "the activation; the active count is the `num_active` buffer, restored from the checkpoint")
-F2_REMEDY = ("k-means init from data, dead-code replacement (quantizer.dead_code_threshold), a lower "
-             "EMA decay or L2/cosine lookup (phase_b); watch per-level usage and codebook norms")
+UNTRAINED_REMEDY = "encode and decode with --num-levels {n} (the levels that trained)"
 
 
 class InspectError(Exception):
@@ -62,12 +59,15 @@ class LevelFacts:
     trained: bool  # initialized, trained_steps > 0 and moved from init
     codebook_size: int
     codebook_dim: int
-    used_codes: int  # EMA usage >= dead threshold (0 when the level never had a training step)
-    dead_codes: int
+    used_codes: int  # codes that are not dead (0 when the level never had a training step)
+    dead_codes: int  # EMA usage below the rule's fraction of the level's mean usage
+    usage_perplexity: float  # 2 ** entropy of the EMA usage: codes in use over the last ~1/(1-decay) steps
     usage_total: float  # sum of the EMA usage: assignments per step
     value_std: float
     value_min: float
     value_max: float
+    input_scale: float | None  # EMA of the largest |input| the level saw in training (None: not stored)
+    rejected_updates: int  # codebook updates refused because their result was not finite
     init_abs_max: float  # max |value| of the initial codebook
     norm_mean: float
     distance_from_init: float  # mean ||c - c_init|| / max(mean ||c_init||, mean ||c||)
@@ -87,25 +87,8 @@ class QuantizerFacts:
         return [f.level for f in self.levels if not f.trained]
 
 
-def level_trained(initialized: bool, trained_steps: int, codebook: torch.Tensor,
-                  initial_codebook: torch.Tensor) -> bool:
-    """A level trained when it was initialized, had training steps and moved from its init.
-
-    One step is the exception to "moved": a k-means init is followed by the EMA step on the same
-    batch, whose assignments are the k-means ones, so the codebook stays at the means (a fixed
-    point) although it was fitted to data."""
-    steps = int(trained_steps)
-    return bool(initialized) and steps > 0 and (steps == 1 or not never_moved(codebook, initial_codebook))
-
-
-def never_moved(codebook: torch.Tensor, initial_codebook: torch.Tensor) -> bool:
-    return distance_from_init(codebook, initial_codebook) <= MOVED_FROM_INIT
-
-
-
-
 def untrained_levels(rvq) -> list[int]:
-    """Levels of a live ResidualVQ that never trained (same rule as `inspect`)."""
+    """Levels of a live ResidualVQ that never trained (the rule `codec inspect` applies)."""
     return [i for i, level in enumerate(rvq.levels)
             if not level_trained(level.initialized, level.trained_steps, level.codebook, level.initial_codebook)]
 
@@ -132,14 +115,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def dead_code_threshold(checkpoint: dict[str, Any]) -> float:
-    """hyper_parameters.quantizer.dead_code_threshold when stored (CodecModule), else the floor;
-    never below DEAD_USAGE_FLOOR (as Codebook.dead_code_mask)."""
+def quantizer_settings(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """hyper_parameters.quantizer of a CodecModule checkpoint ({} for other modules)."""
     hparams = checkpoint.get("hyper_parameters") or {}
     quantizer = hparams.get("quantizer") if isinstance(hparams, dict) else None
-    threshold = quantizer.get("dead_code_threshold") if isinstance(quantizer, dict) else None
-    threshold = float(threshold) if isinstance(threshold, (int, float)) else DEAD_USAGE_FLOOR
-    return max(threshold, DEAD_USAGE_FLOOR)
+    return quantizer if isinstance(quantizer, dict) else {}
+
+
+def run_rules(path: Path) -> tuple[CodebookRule, str | None]:
+    """The codebook rule with the thresholds of the run that wrote the checkpoint (its config.yaml,
+    `diagnostics.codebook`), when the checkpoint sits in a run directory; else the defaults."""
+    import yaml
+
+    for config in (path.parent / "config.yaml", path.parent.parent / "config.yaml"):
+        if config.is_file():
+            try:
+                settings = ((yaml.safe_load(config.read_text()) or {}).get("diagnostics") or {}).get("codebook")
+            except yaml.YAMLError:
+                continue
+            return CodebookRule.from_settings(settings), str(config)
+    return CodebookRule(), None
 
 
 def schedule_state(checkpoint: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
@@ -189,7 +184,7 @@ def _key(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
-def level_facts(state_dict, prefix: str, level: int, active: bool, threshold: float) -> LevelFacts:
+def level_facts(state_dict, prefix: str, level: int, active: bool, rule: CodebookRule) -> LevelFacts:
     def get(name):
         return state_dict.get(_key(prefix, f"levels.{level}.{name}"))
 
@@ -200,16 +195,17 @@ def level_facts(state_dict, prefix: str, level: int, active: bool, threshold: fl
     initialized = bool(get("initialized")) if get("initialized") is not None else True
     steps = int(get("trained_steps")) if get("trained_steps") is not None else 0
     size, dim = book.shape
-    if usage is None or steps == 0:
-        used, usage_total = 0, 0.0  # never updated: the buffer holds its nominal init mass
+    if usage is None or steps == 0:  # never updated: the buffer holds its nominal init mass
+        dead, usage_total, ppl = size, 0.0, 0.0
     else:
-        used, usage_total = int((usage >= threshold).sum()), float(usage.sum())
+        dead, usage_total, ppl = dead_code_count(usage, rule), float(usage.sum()), usage_perplexity(usage)
     return LevelFacts(
         level=level, active=active, initialized=initialized, trained_steps=steps,
         trained=level_trained(initialized, steps, book, init),
-        codebook_size=size, codebook_dim=dim, used_codes=used, dead_codes=size - used,
+        codebook_size=size, codebook_dim=dim, used_codes=size - dead, dead_codes=dead, usage_perplexity=ppl,
         usage_total=usage_total, value_std=float(book.std()), value_min=float(book.min()),
-        value_max=float(book.max()), init_abs_max=float(init.abs().max()),
+        value_max=float(book.max()), input_scale=measured_scale(get("input_scale")),
+        rejected_updates=int(get("rejected_updates")) if get("rejected_updates") is not None else 0, init_abs_max=float(init.abs().max()),
         norm_mean=float(book.norm(dim=1).mean()), distance_from_init=distance_from_init(book, init),
     )
 
@@ -219,10 +215,11 @@ def level_facts(state_dict, prefix: str, level: int, active: bool, threshold: fl
 class Report:
     checkpoint: str
     global_step: int | None
-    dead_code_threshold: float
+    rules: dict[str, Any]
+    rules_from: str | None  # the run's config.yaml the thresholds came from (None: the defaults)
     schedule: dict[str, Any] | None
     quantizers: list[QuantizerFacts]
-    verdicts: list = field(default_factory=list)  # codec.callbacks.verdict.Verdict
+    verdicts: list[Verdict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # plain lines where no failure id applies
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,7 +231,8 @@ class Report:
         return {
             "checkpoint": self.checkpoint,
             "global_step": self.global_step,
-            "dead_code_threshold": self.dead_code_threshold,
+            "rules": self.rules,
+            "rules_from": self.rules_from,
             "usage_source": "EMA usage buffer cluster_size (assignments per step)",
             "schedule": self.schedule,
             "quantizers": quantizers,
@@ -252,22 +250,24 @@ def inspect_checkpoint(path: str | Path) -> Report:
                            "(no '<prefix>.num_active' beside '<prefix>.levels.0.codebook')")
     step = checkpoint.get("global_step")
     step = int(step) if step is not None else None
-    threshold = dead_code_threshold(checkpoint)
+    rule, rules_from = run_rules(Path(path))
     stored = schedule_state(checkpoint)
     schedule = _progressive(stored[1]) if stored is not None else None
-    report = Report(str(path), step, threshold,
+    report = Report(str(path), step, asdict(rule), rules_from,
                     None if stored is None else {"state_key": stored[0], **stored[1]}, [])
+    settings = quantizer_settings(checkpoint)
+    reseeding = float(settings.get("dead_code_threshold") or 0) > 0 and settings.get("init") == "kmeans"
     for prefix in prefixes:
         n_levels = 1 + max(int(m.group(2)) for k in state_dict
                            if (m := _LEVEL_KEY.match(k)) and (m.group(1) or "") == prefix)
         active = int(state_dict[_key(prefix, "num_active")])
         scheduled = schedule.num_active_at(step, n_levels) if schedule is not None and step is not None else None
         facts = QuantizerFacts(prefix or "(root)", n_levels, 0, active, scheduled)
-        facts.levels = [level_facts(state_dict, prefix, i, i < active, threshold) for i in range(n_levels)]
+        facts.levels = [level_facts(state_dict, prefix, i, i < active, rule) for i in range(n_levels)]
         facts.codebook_size = facts.levels[0].codebook_size
         report.quantizers.append(facts)
-    for facts in report.quantizers:
-        _judge(report, facts, schedule, step)
+    for prefix, facts in zip(prefixes, report.quantizers, strict=True):
+        _judge(report, facts, prefix if len(prefixes) > 1 else "", schedule, step, rule, reseeding)
     return report
 
 
@@ -279,11 +279,10 @@ def _span(levels: list[int]) -> str:
     return "levels " + ", ".join(map(str, levels))
 
 
-def _judge(report: Report, q: QuantizerFacts, schedule, step: int | None) -> None:
-    from codec.callbacks.verdict import Verdict
-
+def _judge(report: Report, q: QuantizerFacts, quantizer: str, schedule, step: int | None, rule: CodebookRule,
+           reseeding: bool) -> None:
     at = step if step is not None else 0
-    name = "" if len(report.quantizers) == 1 else f"{q.prefix}: "
+    name = f"{quantizer}: " if quantizer else ""
     never = q.never_trained
     if never:
         report.notes.append(f"{name}{_span(never)} never trained; decoding uses {q.num_active} (num_active buffer)")
@@ -293,46 +292,39 @@ def _judge(report: Report, q: QuantizerFacts, schedule, step: int | None) -> Non
             f"{name}num_active buffer says {q.num_active} levels but the ProgressiveRVQ schedule gives "
             f"{q.scheduled_num_active} at step {at}",
             "set the count from the schedule before saving (ProgressiveRVQ does so after every step); "
-            "until then pass --num-levels to encode"))
+            "until then pass --num-levels to encode", "schedule.num_active", f"{quantizer}/num_active"
+            if quantizer else "num_active"))
     active_untrained = [i for i in never if i < q.num_active]
     if active_untrained:
         trained_prefix = next((i for i in range(q.num_active) if i in never), q.num_active)
-        when = ""
-        if schedule is not None and step is not None:
-            first = activation_step(schedule, active_untrained[0], q.num_levels, step)
-            if first is not None:
-                when = f" (activated at step {first}"
-                when += ", checkpoint saved before its first step)" if first >= step else ")"
-        verb = "is" if len(active_untrained) == 1 else "are"
-        its = "its" if len(active_untrained) == 1 else "their"
-        remedy = (f"encode with --num-levels {trained_prefix} (the levels that trained)" if trained_prefix
+        remedy = (UNTRAINED_REMEDY.format(n=trained_prefix) if trained_prefix
                   else "train before decoding: no level has trained")
-        report.verdicts.append(Verdict(
-            "F1", at,
-            f"{name}{_span(active_untrained)} {verb} active but never trained: {its} codes are noise{when}",
-            remedy))
-    # The input scale: the widest initial codebook of the stack. k-means puts level 0 on the inputs;
-    # a deeper level's residuals can start at zero (then its own init range says nothing).
-    init_range = max((f.init_abs_max for f in q.levels if f.initialized), default=0.0)
+        # A level switched on by the schedule at the checkpoint's own step has not had its first
+        # step yet: the schedule did its job (a note; encode/decode warn). Earlier, it is F1.
+        just_on, failed = [], []
+        for i in active_untrained:
+            first = activation_step(schedule, i, q.num_levels, step) if schedule is not None and step is not None \
+                else None
+            (just_on if first is not None and first >= step else failed).append(i)
+        if just_on:
+            report.notes.append(f"{name}{_span(just_on)} switched on at step {at} by the schedule, the checkpoint's "
+                                f"own step: not trained yet; {remedy}")
+        if failed:
+            verb, its = ("is", "its") if len(failed) == 1 else ("are", "their")
+            report.verdicts.append(Verdict(
+                "F1", at, f"{name}{_span(failed)} {verb} active but never trained: {its} codes are noise", remedy,
+                "codebook.untrained", ",".join(f"{quantizer}/q{i}" if quantizer else f"q{i}" for i in failed)))
     for f in q.levels:
         if f.initialized and f.trained_steps > 1 and f.distance_from_init <= MOVED_FROM_INIT:
             report.notes.append(f"{name}level {f.level}: {f.trained_steps} training steps but its codebook "
                                 "never moved from its init (an EMA of the quantized vectors does that: F6)")
         if not f.trained:
             continue
-        reach = max(abs(f.value_min), abs(f.value_max))
-        if init_range > 0 and reach > DRIFT_FACTOR * init_range:
-            report.verdicts.append(Verdict(
-                "F2", at,
-                f"{name}level {f.level} codebook drifted: values in [{f.value_min:.1f}, {f.value_max:.1f}] "
-                f"(std {f.value_std:.2f}), {reach / init_range:.0f}x the stack's init range "
-                f"±{init_range:.1f}", F2_REMEDY))
-        if f.dead_codes > DEAD_FRACTION * f.codebook_size:
-            report.verdicts.append(Verdict(
-                "F2", at,
-                f"{name}level {f.level}: {f.dead_codes}/{f.codebook_size} codes dead "
-                f"(EMA usage < {report.dead_code_threshold:g} assignments per step), {f.used_codes} used",
-                F2_REMEDY))
+        if f.active and f.input_scale is None and f.trained_steps >= rule.min_trained_steps:
+            report.notes.append(f"{name}level {f.level}: no input_scale stored (an older checkpoint): drift not judged")
+        state = LevelState(f.level, f.active, f.initialized, f.trained_steps, f.codebook_size, f.value_min,
+                           f.value_max, f.input_scale, f.dead_codes, reseeding, f.rejected_updates)
+        report.verdicts += judge_level(state, at, rule, quantizer)
 
 
 # ----------------------------------------------------------------------------------- printing
@@ -351,18 +343,24 @@ def format_report(report: Report) -> str:
         lines.append("")
         lines.append(f"{q.prefix}: {q.num_levels} levels x {q.codebook_size} codes; "
                      f"num_active buffer {q.num_active}{scheduled}")
-        header = (f"{'level':>5} {'active':>6} {'trained':>7} {'steps':>6} {'used':>9} {'dead':>6} "
-                  f"{'std':>7} {'min':>8} {'max':>8} {'init±':>6} {'moved':>7}")
+        header = (f"{'level':>5} {'active':>6} {'trained':>7} {'steps':>6} {'used':>9} {'ppl':>7} "
+                  f"{'min':>8} {'max':>8} {'input':>7} {'init±':>6} {'moved':>7}")
         lines.append(header)
         for f in q.levels:
+            scale = "-" if f.input_scale is None else f"{f.input_scale:.2f}"
             lines.append(
                 f"{'q' + str(f.level):>5} {'yes' if f.active else 'no':>6} {'yes' if f.trained else 'NEVER':>7} "
-                f"{f.trained_steps:>6} {f'{f.used_codes}/{f.codebook_size}':>9} {f.dead_codes:>6} "
-                f"{f.value_std:>7.3f} {f.value_min:>8.2f} {f.value_max:>8.2f} {f.init_abs_max:>6.2f} "
+                f"{f.trained_steps:>6} {f'{f.used_codes}/{f.codebook_size}':>9} {f.usage_perplexity:>7.1f} "
+                f"{f.value_min:>8.2f} {f.value_max:>8.2f} {scale:>7} {f.init_abs_max:>6.2f} "
                 f"{f.distance_from_init:>7.3f}")
     lines.append("")
-    lines.append(f"used/dead: from the EMA usage buffer (cluster_size); dead = usage < "
-                 f"{report.dead_code_threshold:g} assignments per step; moved = mean distance from init / the larger mean norm (init or now)")
+    rules = report.rules
+    lines.append(f"used: codes whose EMA usage is at least {rules['dead_usage_fraction']:g}x the level's mean; "
+                 "ppl: perplexity of the EMA usage; input: EMA of the largest |input|; moved: mean distance from "
+                 "init / the larger mean norm")
+    lines.append(f"rules: drift beyond {rules['drift_factor']:g}x the input, more than "
+                 f"{100 * rules['max_dead_fraction']:.0f}% dead, after {rules['min_trained_steps']} steps "
+                 f"({'from ' + report.rules_from if report.rules_from else 'defaults'})")
     if not report.verdicts and not report.notes:
         lines.append("no findings: every level trained, no drift, no mass of dead codes")
     lines += report.notes

@@ -125,3 +125,20 @@ def test_missing_checkpoint_and_folder_are_named(checkpoint, tmp_path, capsys):
     assert "none.ckpt" in capsys.readouterr().err
     assert main(["eval", str(checkpoint), "--data", str(tmp_path / "nowhere")]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_eval_reaches_the_diagnostics_verdicts_at_the_checkpoints_step(checkpoint, folder, tmp_path, capsys):
+    # The same rules as training, on one measurement: an output 50x too loud is an explosion (F3).
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    saved["state_dict"]["codec.out_proj.weight"].mul_(50.0)
+    saved["state_dict"]["codec.out_proj.bias"].mul_(50.0)
+    loud = tmp_path / "loud.ckpt"
+    torch.save(saved, loud)
+    with pytest.warns(SkippedAudioWarning):
+        assert main(["eval", str(loud), "--data", str(folder), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    explosion = [v for v in report["verdicts"] if v["rule"] == "amplitude.explosion"]
+    assert explosion and explosion[0]["step"] == saved["global_step"] and explosion[0]["failure"] == "F3"
+    with pytest.warns(SkippedAudioWarning):
+        assert main(["eval", str(loud), "--data", str(folder)]) == 0
+    assert "F3 at step 3: amplitude explosion" in capsys.readouterr().out

@@ -7,7 +7,9 @@ a few minutes on 2 cores. This is the suite's end-to-end run.
 import pytest
 
 from codec.cli import CodecCLI
-from codec.runs import read_metrics, series
+from codec.diagnostics import read_summary
+from codec.diagnostics.replay import replay
+from codec.runs import read_config, read_metrics, series
 
 from helpers import CONF
 
@@ -15,13 +17,27 @@ STEPS = 300
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     CodecCLI(args=["fit", "-c", str(CONF / "waveform_l1.yaml"), f"--run.root={root}", "--run.wandb=false",
                    f"--trainer.max_steps={STEPS}", "--trainer.val_check_interval=25",
                    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
     (run_dir,) = (root / "waveform_l1").glob("version_*")
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def run(run_dir):
     return read_metrics(run_dir)
+
+
+def test_a_run_that_learns_with_healthy_usage_gets_no_verdict(run_dir, run):
+    # Every monitor at its shipped thresholds, past their grace and warm-up: silent on a healthy run,
+    # and the rules replayed over its metrics.csv agree.
+    summary = read_summary(run_dir)
+    assert summary["status"] == "finished" and summary["verdicts"] == [], summary["verdicts"]
+    assert replay(run, read_config(run_dir)) == []
+    assert series(run, "train/codebook/q0/low_usage_share") and series(run, "train/health/rms_high_share")
 
 
 def test_held_out_mel_distance_falls_at_least_20_percent(run):

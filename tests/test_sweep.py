@@ -18,6 +18,7 @@ import yaml
 from lightning.pytorch.callbacks import Callback
 from optuna.trial import TrialState
 
+from codec.diagnostics import Verdict
 from codec.runs import last_value, read_metrics
 from codec.sweep.command import main
 from codec.sweep.config import load_sweep
@@ -29,15 +30,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 class PlantedCollapse(Callback):
-    """Declares amplitude collapse the way codec.callbacks' monitor does (`collapsed_at_step`),
-    on the zscore arm only, from step 1."""
+    """Declares amplitude collapse the way codec.callbacks' monitor does (a sustained verdict in
+    `stop_verdict`), on the zscore arm only, from step 1."""
 
     def __init__(self):
-        self.collapsed_at_step = None
+        self.stop_verdict = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if pl_module.quantizer.normalization == "zscore" and trainer.global_step >= 1:
-            self.collapsed_at_step = trainer.global_step
+        if pl_module.quantizer.normalization == "zscore" and trainer.global_step >= 1 and self.stop_verdict is None:
+            self.stop_verdict = Verdict("F3", trainer.global_step, "planted collapse", "none", "amplitude.collapse")
 
 
 # The diagnostics monitors are not what these tests are about (the normalization test keeps them);

@@ -159,7 +159,11 @@ def test_a_worker_killed_mid_trial_on_another_machine_is_rerun_once_and_the_stud
         elsewhere_rows = {r["trial"]: r for r in csv.DictReader(f)}
     assert elsewhere_rows.keys() == written_here.keys()
     for number, row in elsewhere_rows.items():
-        for column in ("state", "objective", "snr_db", "rms_ratio", "q0_perplexity", "verdicts", "host"):
+        # A trial stores its figures when it ends; the killed one never did (its run directory, here,
+        # holds the validation at step 0 that opens every fit, which no other machine can see).
+        columns = ("state", "objective", "snr_db", "rms_ratio", "q0_perplexity", "verdicts", "host") \
+            if row["state"] == "complete" else ("state", "objective", "host")
+        for column in columns:
             assert row[column] == written_here[number][column], (number, column)
         if row["state"] == "complete":
             assert row["snr_db"] != ""

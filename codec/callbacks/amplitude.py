@@ -1,20 +1,23 @@
-"""Amplitude and parameter-norm monitor (F3 amplitude collapse, F4 layer structure).
+"""Amplitude monitor (F3, F4): feeds the output level to the rules of `codec.diagnostics.amplitude`.
 
-In the reports every loss went down while the output RMS fell 98 %: the losses were nearly
-scale-invariant. This monitor reads `val/audio/rms_ratio` (output RMS / target RMS, logged by the
-module at each validation) and, when it stays below `threshold` for `patience` validations in a
-row, declares collapse: a warning, a metric, a verdict with the evidence (how far the RMS fell while
-the watched loss fell too, how the watched parameter norms moved), and, with mode="stop", the end
-of the run. A sweep prunes the trial on the same signal (`collapsed_at_step`).
+The tracker judges the output level both ways (collapse below `threshold`, explosion above `high`
+or `severe_high`), a DC offset that dominates the output, and divergence (mel distance well above
+its best), from each validation's metrics and from every training batch of a `codec.model.Codec`
+(its input and output audio, measured on the device by `StepAmplitude` and read on logging steps:
+`train/audio/{rms_ratio,dc_fraction}`, `train/health/{rms_low,rms_high,dc}_share`). This callback
+also logs the parameter norms it quotes as evidence
+(`train/params/<name>/{weight,bias}_norm`, out_proj and final_conv by default: out_proj's norm
+fell 73 % in phase_2a) and the `val/health/*` flags, and with `mode: stop` ends the run on the
+first sustained verdict. A sweep prunes the trial on the same verdict (`stop_verdict`).
 
-It also logs the weight and bias norms of the named layers (`out_proj`, `final_conv` by default) as
-`train/params/<name>/{weight,bias}_norm`, the evidence of F4 (out_proj norm -73 % in phase_2a).
+When a run raises on non-finite values (a NaN loss, the quantizer refusing NaN input), the
+verdict names the divergence: the last finite loss and output scale, and the learning rate.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
+from collections import deque
 from typing import Any
 
 import lightning as L
@@ -22,103 +25,157 @@ import torch
 from torch import nn
 
 from codec.callbacks.discovery import find_quantizers
+from codec.callbacks.distributed import any_rank, reduce_mean
 from codec.callbacks.log_now import log_now
-from codec.callbacks.verdict import Verdict
+from codec.diagnostics.amplitude import AmplitudeRule, AmplitudeTracker, StepAmplitude
+from codec.diagnostics.verdict import Verdict
+from codec.validation_schedule import is_start_validation
 
 MODES = ("warn", "stop")
-AMPLITUDE_REMEDY = ("try phase_b (L2/cosine codes, pre_rvq_conv -> RVQ -> out_proj, no RMS losses) or an "
-                    "absolute-RMS loss; compare the loss and structure ablations (sweeps/loss.yaml, "
-                    "sweeps/structure.yaml)")
-STRUCTURE_REMEDY = ("drop post_scale and final_conv (structure.final_conv: none, quantizer.post_scale: false): "
-                    "phase_1's rvq -> out_proj kept its amplitude in the reports")
+_RULE = AmplitudeRule()
+LOSS_KEY = "train/loss/total"
 
 
 class AmplitudeMonitor(L.Callback):
-    """Args:
-    threshold: RMS ratio (output / target) below which a validation counts as collapsed.
-    patience: consecutive collapsed validations before collapse is declared.
-    mode: "warn" (verdict and metric only) or "stop" (also end the run).
-    metric: the logged RMS-ratio metric to read.
-    loss_metric: a logged loss whose fall is quoted as evidence (the first of these that exists).
+    """Args (thresholds: `codec.diagnostics.amplitude.AmplitudeRule`):
+    threshold: RMS ratio (output / target, without DC when logged) below which a validation is collapsed.
+    high: RMS ratio above which a validation is exploded; severe_high: exploded at once.
+    patience: validations in a row before collapse, explosion, DC or divergence is declared.
+    dc_fraction: share of the output energy in its mean above which DC dominates.
+    divergence_factor: mel distance above this multiple of its best is divergence.
+    mode: "warn" (verdict and metric only) or "stop" (also end the run on a sustained verdict).
     parameters: layer names whose weight/bias norms are tracked (matched as the last component of a
         module's qualified name; the shallowest match wins, so `out_proj` is the codec's, not a
         codebook projection's).
     """
 
-    def __init__(self, threshold: float = 0.1, patience: int = 3, mode: str = "stop",
-                 metric: str = "val/audio/rms_ratio",
-                 loss_metric: tuple[str, ...] | list[str] = ("train/loss/stft", "train/loss/total"),
+    def __init__(self, threshold: float = _RULE.threshold, high: float = _RULE.high,
+                 severe_high: float = _RULE.severe_high, patience: int = _RULE.patience,
+                 dc_fraction: float = _RULE.dc_fraction, divergence_factor: float = _RULE.divergence_factor,
+                 patience_steps: int = _RULE.patience_steps, warmup_steps: int = _RULE.warmup_steps,
+                 check_every_n_steps: int | None = None, mode: str = "stop",
                  parameters: tuple[str, ...] | list[str] = ("out_proj", "final_conv")):
         if mode not in MODES:
             raise ValueError(f"AmplitudeMonitor.mode must be one of {MODES}, got {mode!r}")
-        if patience < 1:
-            raise ValueError(f"AmplitudeMonitor.patience must be >= 1, got {patience}")
-        self.threshold, self.patience, self.mode = threshold, patience, mode
-        self.metric = metric
-        self.loss_metric = list(loss_metric)
+        self.rule = AmplitudeRule(threshold, high, severe_high, patience, dc_fraction, divergence_factor,
+                                  patience_steps, warmup_steps)
+        self.check_every_n_steps = check_every_n_steps
+        self.mode = mode
         self.parameters = list(parameters)
-        self.collapsed_at_step: int | None = None
+        self.tracker = AmplitudeTracker(self.rule)
         self.verdicts: list[Verdict] = []
-        self.below_since: int | None = None
-        self.below_count = 0
-        self.first: dict[str, float] = {}  # first seen value of the ratio, the loss and the norms
-        self.history: list[tuple[int, float]] = []
+        self._recent: deque = deque(maxlen=8)  # (step, loss, output RMS ratio) tensors, read on failure
+        self._step_amplitude: StepAmplitude | None = None
+        self._last_ratio: torch.Tensor | None = None
+        self._hooks: list = []
+        self._step = 0
+
+    @property
+    def threshold(self) -> float:
+        return self.rule.threshold
+
+    @property
+    def history(self) -> list[tuple[int, float]]:
+        return self.tracker.history
+
+    @property
+    def collapsed_at_step(self) -> int | None:
+        return self.tracker.collapsed_at_step
+
+    @property
+    def stop_verdict(self) -> Verdict | None:
+        """The first sustained verdict (collapse, explosion, DC, divergence): what ends or prunes a run."""
+        return self.tracker.stop
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from codec.model import Codec
+
+        self.tracker.extra_layers = self._extra_layers(pl_module)
+        if not self._hooks:  # every training forward of a codec: its input and output audio
+            self._hooks = [m.register_forward_hook(self._measure) for m in pl_module.modules() if isinstance(m, Codec)]
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+    def _measure(self, module, args, output) -> None:
+        audio = getattr(output, "audio", None)
+        if not module.training or not args or not isinstance(audio, torch.Tensor) or audio.shape != args[0].shape:
+            return
+        if self._step_amplitude is None:
+            self._step_amplitude = StepAmplitude(self.rule, audio.device)
+        elif self._step_amplitude.ratio.device != audio.device:  # restored from a checkpoint on the CPU
+            self._step_amplitude.to(audio.device)
+        self._step_amplitude.update(audio, args[0], judged=self._step >= self.rule.warmup_steps)
+        self._last_ratio = self._step_amplitude.ratio
 
     # ------------------------------------------------------------------ checks
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._step = trainer.global_step  # the step this batch trains (its forward judges after warm-up)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        step = trainer.global_step
+        self._recent.append((step, None if loss is None else loss.detach(), self._last_ratio))
+        if step % (self.check_every_n_steps or max(1, trainer.log_every_n_steps)):
+            return
+        # Syncs, on checking steps only; every rank decides alike (a lone rank stopping would hang the rest).
+        if any_rank(trainer, loss is not None and not bool(torch.isfinite(loss).all())):
+            self._diverged(trainer, f"the training loss is {float(loss) if loss is not None else 'NaN'} at step {step}")
+        if self._step_amplitude is not None:
+            logged = StepAmplitude.as_dict(reduce_mean(trainer, self._step_amplitude.values()))
+            log_now(trainer, logged)
+            self._record(trainer, self.tracker.steps(step, logged))
+
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
         norms = self.parameter_norms(pl_module)
         log_now(trainer, norms)
-        ratio = _metric(trainer, self.metric)
-        if ratio is None:
-            return
-        step = trainer.global_step
-        loss_key, loss = self._loss(trainer)
-        for key, value in [(self.metric, ratio), (loss_key, loss), *norms.items()]:
-            if key is not None and value is not None:
-                self.first.setdefault(key, value)
-        self.history.append((step, ratio))
-        if ratio < self.threshold:
-            self.below_count += 1
-            self.below_since = step if self.below_since is None else self.below_since
-        else:
-            self.below_count, self.below_since = 0, None
-        log_now(trainer, {"val/health/rms_collapse_count": float(self.below_count),
-                          "val/health/amplitude_collapsed": float(self.collapsed_at_step is not None)})
-        if self.below_count >= self.patience and self.collapsed_at_step is None:
-            self._declare(trainer, pl_module, step, ratio, loss_key, loss, norms)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
+                   if k.startswith(("val/audio/", "train/loss/")) and _is_number(v)}
+        metrics.update(norms)
+        # The validation that opens a fit (step 0, or a resumed fit redoing its checkpoint's) is a baseline.
+        step = 0 if is_start_validation(trainer) else trainer.global_step
+        self._record(trainer, self.tracker.observe(step, metrics))
+        streaks = self.tracker.streaks
+        log_now(trainer, {"val/health/rms_collapse_count": float(streaks["collapse"].count),
+                          "val/health/rms_explosion_count": float(streaks["explosion"].count),
+                          "val/health/amplitude_collapsed": float(self.collapsed_at_step is not None),
+                          "val/health/amplitude_failed": float(self.stop_verdict is not None)})
 
-    def _declare(self, trainer, pl_module, step, ratio, loss_key, loss, norms) -> None:
-        self.collapsed_at_step = step
-        evidence = [f"RMS ratio {ratio:.3g} (below {self.threshold:g} for {self.below_count} validations "
-                    f"since step {self.below_since}; {self.first[self.metric]:.3g} at the first)"]
-        if loss_key is not None and loss is not None and self.first.get(loss_key):
-            change = 100.0 * (loss - self.first[loss_key]) / abs(self.first[loss_key])
-            evidence.append(f"while {loss_key} {'fell' if change < 0 else 'rose'} {abs(change):.0f}% "
-                            "since the first validation")
-        self.verdicts.append(Verdict("F3", step, "amplitude collapse: " + " ".join(evidence), AMPLITUDE_REMEDY))
-        extra_layers = self._extra_layers(pl_module)
-        if extra_layers:
-            moved = [f"{k.split('/')[2]} {_change(self.first.get(k), v)}" for k, v in norms.items()
-                     if k.endswith("weight_norm") and self.first.get(k)]
-            self.verdicts.append(Verdict(
-                "F4", step,
-                f"the collapse happened with {', '.join(extra_layers)} between the quantizer and out_proj"
-                + (f" (weight norms since the first validation: {', '.join(moved)})" if moved else ""),
-                STRUCTURE_REMEDY))
-        for verdict in self.verdicts[-2:] if extra_layers else self.verdicts[-1:]:
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        text = str(exception)
+        if isinstance(exception, (ValueError, FloatingPointError, RuntimeError)) and \
+                any(word in text for word in ("NaN", "nan", "inf", "not finite", "non-finite")):
+            self._diverged(trainer, f"{type(exception).__name__}: {text.splitlines()[0] if text else ''}")
+
+    def _diverged(self, trainer, error: str) -> None:
+        last: dict[str, float] = {}
+        for step, loss, ratio in reversed(self._recent):  # the last step whose loss was finite
+            if loss is not None and bool(torch.isfinite(loss).all()):
+                last["train/loss/total"] = float(loss)
+                if ratio is not None and bool(torch.isfinite(ratio)):
+                    last["train/audio/rms_ratio"] = float(ratio)
+                last["step"] = float(step)
+                break
+        for key in ("val/audio/rms_ratio",):
+            value = trainer.callback_metrics.get(key)
+            if value is not None and _is_number(value):
+                last[key] = float(value)
+        lr = None
+        if trainer.optimizers:
+            lr = float(trainer.optimizers[0].param_groups[0]["lr"])
+        self._record(trainer, self.tracker.diverged(trainer.global_step, error, last, lr))
+
+    def _record(self, trainer, verdicts: list[Verdict]) -> None:
+        for verdict in verdicts:
+            self.verdicts.append(verdict)
             warnings.warn(verdict.line(), stacklevel=2)
-        log_now(trainer, {"val/health/amplitude_collapsed": 1.0})
-        if self.mode == "stop":
+        if self.stop_verdict is not None and self.mode == "stop":  # a finding raised earlier may now be sustained
             trainer.should_stop = True
-
-    def _loss(self, trainer) -> tuple[str | None, float | None]:
-        for key in self.loss_metric:
-            value = _metric(trainer, key)
-            if value is not None:
-                return key, value
-        return None, None
 
     # --------------------------------------------------------- parameter norms
     def tracked_modules(self, pl_module: nn.Module) -> dict[str, nn.Module]:
@@ -150,27 +207,21 @@ class AmplitudeMonitor(L.Callback):
 
     # ------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"collapsed_at_step": self.collapsed_at_step, "below_since": self.below_since,
-                "below_count": self.below_count, "first": dict(self.first),
-                "verdicts": [v.to_dict() for v in self.verdicts]}
+        return {"tracker": self.tracker.state_dict(), "verdicts": [v.to_dict() for v in self.verdicts],
+                "step_amplitude": None if self._step_amplitude is None else self._step_amplitude.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.collapsed_at_step = state_dict.get("collapsed_at_step")
-        self.below_since = state_dict.get("below_since")
-        self.below_count = state_dict.get("below_count", 0)
-        self.first = dict(state_dict.get("first", {}))
-        self.verdicts = [Verdict(**v) for v in state_dict.get("verdicts", [])]
+        self.tracker.load_state_dict(state_dict.get("tracker", {}))
+        self.verdicts = [Verdict.from_dict(v) for v in state_dict.get("verdicts", [])]
+        if state_dict.get("step_amplitude"):
+            self._step_amplitude = StepAmplitude(self.rule)
+            self._step_amplitude.load_state_dict(state_dict["step_amplitude"])
 
 
-def _metric(trainer, key: str) -> float | None:
-    value = trainer.callback_metrics.get(key)
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _change(first: float | None, now: float) -> str:
-    if not first:
-        return "n/a"
-    return f"{100.0 * (now - first) / abs(first):+.0f}%"
+def _is_number(value) -> bool:
+    """A logged value that converts to a float (NaN and inf included: divergence is evidence too)."""
+    try:
+        float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return True

@@ -52,8 +52,8 @@ class AudioExamples(L.Callback):
         inputs, self._inputs = self._inputs, None
         if inputs is None or trainer.log_dir is None:
             return
-        # The step validation's metrics are filed under (global_step counts finished steps).
-        step = max(trainer.global_step - 1, 0)
+        # The step validation's metrics are filed under: the optimizer steps taken (validation_schedule.py).
+        step = trainer.global_step
         sample_rate = int(getattr(pl_module, "sample_rate", 0) or getattr(trainer.datamodule, "sample_rate", 16000))
         limit = int(self.max_seconds * sample_rate)
         with side_effect_free(pl_module, train=False):

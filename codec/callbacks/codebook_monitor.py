@@ -1,13 +1,19 @@
-"""Codebook monitor (F2, and the F1 symptom "Q2: 0/1024 used" while 3 levels were active).
+"""Codebook monitor (F1, F2): feeds what the quantizers did to the usage and codebook rules.
 
-Every `every_n_steps` training steps, per quantizer and level: perplexity and codes used over the
-window (histograms summed since the last report, not just the last batch), dead codes, codebook norm
-and value statistics, and distance from the initial codebook; usage histograms go to W&B when a
-W&B logger is attached. Warnings, each also a metric and a verdict in the run summary:
-- an *active* level that used fewer than `min_codes_used` codes in the window;
-- a codebook whose values reach far beyond its inputs (3x their largest |value|): the reports'
-  values of +-72 where +-4 was normal;
-- a level whose dead codes exceed `max_dead_fraction` of the codebook (the reports' 867/1024).
+The rules live in `codec.diagnostics.usage` (per-step and per-window usage, validation usage) and
+`codec.diagnostics.codebook` (drift, dead codes); this callback only observes and logs:
+
+- every training step, on the device and without a host sync: each active level's histogram goes
+  into the window's sum and into the per-step usage state (`StepUsage`);
+- every `check_every_n_steps` (default: the trainer's `log_every_n_steps`): the per-step view
+  `train/codebook/q{i}/{step_perplexity, low_usage_share, step_codes_used, step_rows,
+  best_step_perplexity}`, judged by `UsageTracker.steps`;
+- every `every_n_steps`: the window `train/codebook/q{i}/{window_perplexity, window_codes_used}`,
+  dead codes, norms, value range, input scale, EMA-usage perplexity, distance from init (and
+  usage histograms to W&B), judged by `UsageTracker.window` and `judge_level`;
+- at each validation: the eval-mode histograms `val/codebook/q{i}/{perplexity, rows}`, judged by
+  `UsageTracker.validation`.
+Levels are judged only after their activation (progressive RVQ) plus the rule's grace.
 """
 
 from __future__ import annotations
@@ -15,145 +21,241 @@ from __future__ import annotations
 import lightning as L
 import torch
 
-from codec.callbacks.discovery import find_quantizers
+from codec.callbacks.discovery import active_levels, find_quantizers
+from codec.callbacks.distributed import reduce_mean, reduce_sum
 from codec.callbacks.log_now import log_now
-from codec.callbacks.verdict import KeepsVerdicts, Verdict
+from codec.callbacks.verdict import KeepsVerdicts
+from codec.diagnostics.codebook import CodebookRule, judge_level, level_state, usage_perplexity
+from codec.diagnostics.usage import StepUsage, UsageRule, UsageTracker, perplexities
 from codec.quantize.stats import perplexity
+from codec.validation_schedule import is_start_validation
+
+_USAGE, _BOOK = UsageRule(), CodebookRule()
 
 
 class CodebookMonitor(KeepsVerdicts, L.Callback):
-    """Args:
-    every_n_steps: training steps per report window.
-    min_codes_used: an active level using fewer distinct codes than this in a window is flagged.
-    drift_factor: flag a codebook whose largest |value| exceeds this many times the largest
-        |value| of the inputs its level saw in the window.
-    max_dead_fraction: flag a level with more than this fraction of dead codes.
+    """Args (thresholds: `codec.diagnostics.usage.UsageRule` and `codec.diagnostics.codebook.CodebookRule`):
+    every_n_steps: training steps per window report.
+    check_every_n_steps: steps between two reads of the per-step usage (default: log_every_n_steps).
+    min_codes_used: an active level using fewer distinct codes in a window is flagged (F1 at 0).
+    floor_perplexity, capacity_fraction, drop_fraction: when a step's usage counts as low.
+    patience_steps: low steps in a row that raise the per-step verdict.
+    grace_steps: steps after a level's activation before it is judged.
+    drift_factor: codebook values beyond this x the level's input scale are drift (F2).
+    max_dead_fraction, dead_usage_fraction: dead codes (usage below dead_usage_fraction x the mean).
+    min_trained_steps: training steps before drift and dead codes are judged.
     log_histograms: send usage histograms to W&B (when a W&B logger is attached).
     """
 
-    def __init__(self, every_n_steps: int = 250, min_codes_used: int = 2, drift_factor: float = 3.0,
-                 max_dead_fraction: float = 0.75, log_histograms: bool = True):
+    def __init__(self, every_n_steps: int = 250, check_every_n_steps: int | None = None,
+                 min_codes_used: int = _USAGE.min_codes_used, floor_perplexity: float = _USAGE.floor_perplexity,
+                 capacity_fraction: float = _USAGE.capacity_fraction, drop_fraction: float = _USAGE.drop_fraction,
+                 patience_steps: int = _USAGE.patience_steps, grace_steps: int = _USAGE.grace_steps,
+                 drift_factor: float = _BOOK.drift_factor, max_dead_fraction: float = _BOOK.max_dead_fraction,
+                 dead_usage_fraction: float = _BOOK.dead_usage_fraction,
+                 min_trained_steps: int = _BOOK.min_trained_steps, log_histograms: bool = True):
         if every_n_steps <= 0:
             raise ValueError(f"CodebookMonitor.every_n_steps must be positive, got {every_n_steps}")
+        if check_every_n_steps is not None and check_every_n_steps <= 0:
+            raise ValueError(f"CodebookMonitor.check_every_n_steps must be positive, got {check_every_n_steps}")
         self.every_n_steps = every_n_steps
-        self.min_codes_used = min_codes_used
-        self.drift_factor = drift_factor
-        self.max_dead_fraction = max_dead_fraction
+        self.check_every_n_steps = check_every_n_steps
+        self.usage_rule = UsageRule(min_codes_used, floor_perplexity, capacity_fraction, drop_fraction,
+                                    patience_steps, grace_steps)
+        self.codebook_rule = CodebookRule(drift_factor, max_dead_fraction, dead_usage_fraction, min_trained_steps)
         self.log_histograms = log_histograms
         self._start_verdicts()
-        self._window: dict[tuple[str, int], torch.Tensor] = {}
-        self._input_absmax: dict[tuple[str, int], torch.Tensor] = {}  # largest |input| per level in the window
-        self._last_report_step = -1
-        self._named = False  # several quantizers: name them in messages
+        self._quantizers: list = []
+        self._trackers: dict[str, UsageTracker] = {}
+        self._steps: dict[str, StepUsage] = {}
+        self._window: dict[str, torch.Tensor] = {}      # (levels, K) histogram sums of the window
+        self._val: dict[str, torch.Tensor] = {}         # (levels, K) eval-mode histograms of a validation
+        self._activated: dict[str, dict[int, int]] = {}  # level -> first step it trained in
+        self._active_now: dict[str, int] = {}
+        self._window_start = 1   # first step of the current window
+        self._last_step = -1     # once per step under gradient accumulation
 
-    # --------------------------------------------------------------- gathering
+    # ------------------------------------------------------------------ gathering
     def setup(self, trainer, pl_module, stage: str) -> None:
         self._quantizers = find_quantizers(pl_module)  # once, not a module walk every step
+        named = len(self._quantizers) > 1
+        for name, rvq in self._quantizers:
+            self._trackers.setdefault(name, UsageTracker(self.usage_rule, rvq.codebook_size, name if named else ""))
+            self._activated.setdefault(name, {})
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._window_start = trainer.global_step + 1
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # The count this batch's forward uses: ProgressiveRVQ changes it after the step, before us.
+        self._active_now = {name: active_levels(rvq) for name, rvq in self._quantizers}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        quantizers = getattr(self, "_quantizers", None) or find_quantizers(pl_module)
-        for name, rvq in quantizers:
-            for i, level in enumerate(rvq.levels[: int(rvq.num_active)]):
-                if level.last_histogram is None:
-                    continue
-                key = (name, i)
-                hist = level.last_histogram.detach()
-                self._window[key] = hist.clone() if key not in self._window else self._window[key] + hist
-                if level.last_input_absmax is not None:  # tensors, so no device sync per step
-                    seen = self._input_absmax.get(key)
-                    self._input_absmax[key] = (level.last_input_absmax if seen is None
-                                               else torch.maximum(seen, level.last_input_absmax))
-        step = trainer.global_step
-        if step % self.every_n_steps == 0 and step != self._last_report_step:  # once per step under accumulation
-            self._last_report_step = step
-            self.report(trainer, pl_module, quantizers)
+        step = trainer.global_step  # this batch was step `step - 1`; it counts as `step` here, like the logs
+        for name, rvq in self._quantizers:
+            histograms = [level.last_histogram for level in rvq.levels[: self._active_now.get(name, 0)]]
+            if not histograms or any(h is None for h in histograms):
+                continue
+            counts = torch.stack(histograms)
+            a = counts.shape[0]
+            activated = self._activated[name]
+            for level in range(a):
+                activated.setdefault(level, step)
+            window = self._window.get(name)
+            if window is None:
+                window = self._window[name] = torch.zeros(rvq.num_quantizers, rvq.codebook_size,
+                                                          dtype=counts.dtype, device=counts.device)
+            window[:a] += counts
+            usage = self._steps.get(name)
+            if usage is None:
+                usage = self._steps[name] = StepUsage(self.usage_rule, rvq.num_quantizers, rvq.codebook_size,
+                                                      counts.device)
+            judged = sum(1 for level in range(a) if activated[level] + self.usage_rule.grace_steps <= step)
+            usage.update(counts, judged)
+        if step == self._last_step:
+            return
+        self._last_step = step
+        check_every = self.check_every_n_steps or max(1, trainer.log_every_n_steps)
+        if step % check_every == 0:
+            self.check_steps(trainer, step)
+        if step % self.every_n_steps == 0:
+            self.report(trainer, pl_module)
 
-    # --------------------------------------------------------------- reporting
-    def report(self, trainer, pl_module, quantizers=None) -> dict[str, float]:
-        """Log the window's statistics, check them, start a new window. Returns what was logged."""
-        quantizers = find_quantizers(pl_module) if quantizers is None else quantizers
+    # ------------------------------------------------------------------ per step
+    def check_steps(self, trainer, step: int) -> dict[str, float]:
+        """Log the per-step usage of every active level and judge it."""
+        logs: dict[str, float] = {}
+        for name, rvq in self._quantizers:
+            usage = self._steps.get(name)
+            if usage is None:
+                continue
+            active = self._active_now.get(name, active_levels(rvq))
+            prefix = self._prefix(name)
+            for level, values in enumerate(StepUsage.as_dicts(reduce_mean(trainer, usage.values(active)))):
+                logs.update({f"train/codebook/{prefix}q{level}/{k}": v for k, v in values.items()})
+                self.record(self._trackers[name].steps(step, level, values))
+        log_now(trainer, logs)
+        return logs
+
+    # ------------------------------------------------------------------ windows
+    def report(self, trainer, pl_module=None) -> dict[str, float]:
+        """Log the window's statistics, judge them, start a new window. Returns what was logged."""
         step = trainer.global_step
-        self._named = len(quantizers) > 1
         logs: dict[str, float] = {}
         histograms = {}
-        for name, rvq in quantizers:
-            prefix = _prefix(name, len(quantizers))
-            active = int(rvq.num_active)
+        for name, rvq in self._quantizers:
+            prefix = self._prefix(name)
+            active = active_levels(rvq)
+            window = self._window.get(name)
+            if window is not None:  # every rank's window (a copy: the device sum is zeroed below)
+                window = reduce_sum(trainer, window).cpu().clone()
+            tracker = self._trackers[name]
             for s in rvq.level_stats():
+                if not s.active:
+                    continue
                 key = f"train/codebook/{prefix}q{s.level}"
-                window = self._window.get((name, s.level))
-                if s.active:
-                    used = 0 if window is None else int((window > 0).sum())
-                    logs[f"{key}/window_perplexity"] = perplexity(window) if window is not None else 0.0
-                    logs[f"{key}/window_codes_used"] = float(used)
-                    self._check_usage(name, s.level, active, used, rvq.codebook_size, step)
-                    if window is not None:
-                        histograms[f"{key}/usage"] = window
-                for field in ("dead_codes", "norm_mean", "norm_std", "norm_min", "norm_max",
-                              "value_std", "value_min", "value_max", "distance_from_init"):
-                    logs[f"{key}/{field}"] = float(s.scalars()[field])
                 level = rvq.levels[s.level]
-                if s.active and s.initialized:
-                    self._check_drift(name, s.level, level, self._input_absmax.get((name, s.level)), step)
-                    self._check_dead(name, s.level, level, s.dead_codes, rvq.codebook_size, step)
+                counts = window[s.level] if window is not None else torch.zeros(rvq.codebook_size, dtype=torch.long)
+                used = int((counts > 0).sum())
+                logs[f"{key}/window_perplexity"] = perplexity(counts)
+                logs[f"{key}/window_codes_used"] = float(used)
+                activated = self._activated[name].get(s.level)
+                if activated is not None:
+                    logs[f"{key}/active_since"] = float(activated)
+                logs[f"{key}/trained_steps"] = float(s.trained_steps)
+                if activated is not None and activated <= self._window_start:  # active the whole window
+                    self.record(tracker.window(step, s.level, used, step - self._window_start + 1, active))
+                state = level_state(s.level, True, level.codebook, level.cluster_size, s.initialized,
+                                    s.trained_steps, level.input_scale,
+                                    level.dead_code_threshold > 0 and level.init == "kmeans", self.codebook_rule,
+                                    getattr(s, "rejected_updates", 0))
+                logs.update({f"{key}/{k}": v for k, v in s.scalars().items()
+                             if k not in ("perplexity", "codes_used", "dead_codes")})
+                logs[f"{key}/dead_codes"] = float(state.dead_codes)
+                logs[f"{key}/usage_perplexity"] = usage_perplexity(level.cluster_size)
+                if state.input_scale is not None:
+                    logs[f"{key}/input_scale"] = state.input_scale
+                self.record(judge_level(state, step, self.codebook_rule, tracker.quantizer))
+                if used:
+                    histograms[f"{key}/usage"] = counts
+            if name in self._window:
+                self._window[name].zero_()
+            logs[f"train/codebook/{prefix}active_levels"] = float(active)
         logs["train/health/codebook_warnings"] = float(len(self.verdicts))
-        self._window, self._input_absmax = {}, {}
+        self._window_start = step + 1
         log_now(trainer, logs)
         if self.log_histograms and histograms:
             _log_wandb_histograms(trainer, histograms, step)
         return logs
 
-    def _check_usage(self, name: str, level: int, active: int, used: int, size: int, step: int) -> None:
-        if used >= self.min_codes_used:
+    # ------------------------------------------------------------------ validation
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        self._val = {}
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.sanity_checking:
             return
-        self._flag("usage", name, level, Verdict(
-            "F2" if used else "F1", step,
-            f"{self._label(name, level)} used {used}/{size} codes in the last {self.every_n_steps} steps "
-            f"while {active} levels are active",
-            "check that this level receives inputs (schedule, dropout); re-seed dead codes "
-            "(dead_code_threshold) and initialise from data (init: kmeans)",
-        ))
+        for name, rvq in self._quantizers:
+            histograms = [level.last_histogram for level in rvq.levels[: active_levels(rvq)]]
+            if not histograms or any(h is None for h in histograms):
+                continue
+            counts = torch.stack(histograms)
+            if name not in self._val or self._val[name].shape != counts.shape:
+                self._val[name] = counts.clone()
+            else:
+                self._val[name] += counts
 
-    def _check_drift(self, name: str, level: int, codebook, input_absmax, step: int) -> None:
-        # Against the largest |value| of the inputs this level saw in the window: an EMA codebook
-        # is an average of inputs, so values far beyond them are stale codes from a time the
-        # encoder output was larger, or a codebook (gradient update) that ran away.
-        if input_absmax is None:
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not self._val:
             return
-        scale = float(input_absmax)
-        values = codebook.codebook.detach()
-        low, high = float(values.min()), float(values.max())
-        if max(abs(low), abs(high)) <= self.drift_factor * max(scale, 1e-12):
-            return
-        self._flag("drift", name, level, Verdict(
-            "F2", step,
-            f"{self._label(name, level)} codebook values span [{low:.1f}, {high:.1f}] while its inputs "
-            f"stayed within +-{scale:.2g} over the last {self.every_n_steps} steps",
-            "normalise the quantizer input (zscore / l2) or lower the EMA decay; re-seed stale codes "
-            "(dead_code_threshold); check for a learnable scale compensating downstream (post_scale)",
-        ))
+        step = trainer.global_step
+        opening = is_start_validation(trainer)  # a baseline: logged, not judged
+        logs = {}
+        for name, counts in self._val.items():
+            ppl, rows, _ = perplexities(reduce_sum(trainer, counts))
+            prefix = self._prefix(name)
+            tracker = self._trackers[name]
+            for level, (p, n) in enumerate(zip(ppl.cpu().tolist(), rows.cpu().tolist(), strict=True)):
+                logs[f"val/codebook/{prefix}q{level}/perplexity"] = p
+                logs[f"val/codebook/{prefix}q{level}/rows"] = n
+                activated = self._activated.get(name, {}).get(level)
+                if not opening and step > 0 and activated is not None and \
+                        activated + self.usage_rule.grace_steps <= step:
+                    self.record(tracker.validation(step, level, p, n))
+        self._val = {}
+        log_now(trainer, logs)
 
-    def _check_dead(self, name: str, level: int, codebook, dead: int, size: int, step: int) -> None:
-        if dead <= self.max_dead_fraction * size:
-            return
-        if codebook.dead_code_threshold > 0 and codebook.init == "kmeans":
-            remedy = ("k-means init and re-seeding are already on, so this level's inputs do not spread over "
-                      f"{size} codes: try a smaller codebook_size, fewer levels or larger batches")
-        else:
-            remedy = "initialise from data (init: kmeans) and re-seed dead codes (dead_code_threshold > 0)"
-        self._flag("dead", name, level, Verdict(
-            "F2", step, f"{self._label(name, level)} has {dead}/{size} dead codes", remedy))
+    # ------------------------------------------------------------------ state
+    def _prefix(self, name: str) -> str:
+        """Metric prefix of a quantizer: none when the module has one (the common case)."""
+        return "" if len(self._quantizers) <= 1 else f"{name}/"
 
-    def _label(self, name: str, level: int) -> str:
-        return f"{name} Q{level}" if self._named else f"Q{level}"
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["activated"] = {name: dict(levels) for name, levels in self._activated.items()}
+        state["step_usage"] = {name: usage.state_dict() for name, usage in self._steps.items()}
+        state["raised"] = {name: sorted(t.raised) for name, t in self._trackers.items()}
+        return state
 
-    def _flag(self, kind: str, name: str, level: int, verdict: Verdict) -> None:
-        self.raise_once((kind, name, level), verdict)
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._activated = {name: {int(k): int(v) for k, v in levels.items()}
+                           for name, levels in state_dict.get("activated", {}).items()}
+        self._pending_usage = state_dict.get("step_usage", {})
+        self._pending_raised = state_dict.get("raised", {})
 
-
-def _prefix(name: str, count: int) -> str:
-    """Metric prefix of a quantizer: none when the module has one (the common case)."""
-    return "" if count == 1 else f"{name}/"
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # Restore the per-step state once the quantizers (and their device) are known.
+        for name, rvq in self._quantizers:
+            pending = getattr(self, "_pending_usage", {}).get(name)
+            if pending is not None:
+                usage = StepUsage(self.usage_rule, rvq.num_quantizers, rvq.codebook_size, rvq.num_active.device)
+                usage.load_state_dict(pending)
+                self._steps[name] = usage
+            raised = getattr(self, "_pending_raised", {}).get(name)
+            if raised is not None:
+                self._trackers[name].raised = {tuple(key) for key in raised}
+        self._pending_usage, self._pending_raised = {}, {}
 
 
 def _log_wandb_histograms(trainer, histograms: dict[str, torch.Tensor], step: int) -> None:

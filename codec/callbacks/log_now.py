@@ -13,9 +13,10 @@ import math
 def log_now(trainer, metrics: dict[str, float]) -> None:
     if not metrics or trainer.sanity_checking:
         return
-    # Lightning files a step's metrics under the step's index (global_step counts finished steps),
-    # so values computed after step N's update share its row in metrics.csv.
-    step = max(trainer.global_step - 1, 0)
+    # A row's step is the number of optimizer steps the model had taken when the value was measured
+    # (codec/validation_schedule.py): what a monitor measures after step N's update is filed at N,
+    # the step its verdicts name, beside the validation that followed that update.
+    step = trainer.global_step
     clean = {k: float(v) for k, v in metrics.items() if v is not None and math.isfinite(float(v))}
     for logger in trainer.loggers:
         logger.log_metrics(clean, step=step)

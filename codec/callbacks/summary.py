@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from codec.callbacks.discovery import find_quantizers
 from codec.callbacks.verdict import SUMMARY_FILE, Verdict
+from codec.diagnostics.verdict import DOCS
 
 
 class RunSummary(L.Callback):
@@ -39,16 +40,19 @@ class RunSummary(L.Callback):
         self.write(trainer, pl_module, "stopped" if trainer.should_stop and not reached_max else "finished")
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        status = "interrupted" if isinstance(exception, KeyboardInterrupt) else "failed"
+        # Ctrl-C, and SIGTERM (Lightning raises its SIGTERMException, a SystemExit, at the next step).
+        status = "interrupted" if isinstance(exception, (KeyboardInterrupt, SystemExit)) else "failed"
         self.write(trainer, pl_module, status, error=f"{type(exception).__name__}: {exception}")
 
     @rank_zero_only
     def write(self, trainer, pl_module, status: str, error: str | None = None) -> None:
         verdicts = collect_verdicts(trainer)
+        stops = [cb.stop_verdict for cb in trainer.callbacks if getattr(cb, "stop_verdict", None) is not None]
         summary: dict[str, Any] = {
             "status": status,
             "steps": int(trainer.global_step),
-            "collapsed": any(v.failure == "F3" for v in verdicts),
+            "collapsed": any(v.rule == "amplitude.collapse" for v in verdicts),
+            "stopped_by": stops[0].to_dict() if stops else None,
             "verdicts": [v.to_dict() for v in verdicts],
             "failures": sorted({v.failure for v in verdicts}),
             "final": final_metrics(trainer),
@@ -58,7 +62,9 @@ class RunSummary(L.Callback):
         if error is not None:
             summary["error"] = error
         self.summary = summary
-        log_dir = trainer.log_dir
+        # The first logger's directory, not `trainer.log_dir`: that one is a broadcast, which would
+        # wait forever for ranks that never enter this rank-zero-only method (DDP).
+        log_dir = _run_dir(trainer)
         if log_dir is not None:
             self.path = Path(log_dir) / SUMMARY_FILE
             _write_atomically(self.path, json.dumps(summary, indent=2, sort_keys=True))
@@ -90,7 +96,7 @@ def verdict_block(summary: dict[str, Any], path: Path | None = None) -> str:
     if summary.get("error"):
         lines.append(f"error: {summary['error']}")
     if summary["verdicts"]:
-        lines.append("Failures seen (failure-modes.md):")
+        lines.append(f"Failures seen ({DOCS}):")
         for v in summary["verdicts"]:
             lines.append(f"  {Verdict(**v).line()}")
     else:
@@ -99,6 +105,13 @@ def verdict_block(summary: dict[str, Any], path: Path | None = None) -> str:
         lines.append(f"summary: {path}")
     lines.append("=" * 72)
     return "\n".join(lines)
+
+
+def _run_dir(trainer) -> str | None:
+    if not trainer.loggers:
+        return trainer.default_root_dir
+    logger = trainer.loggers[0]
+    return getattr(logger, "log_dir", None) or logger.save_dir
 
 
 def _write_atomically(path: Path, text: str) -> None:

@@ -29,14 +29,13 @@ import lightning as L
 import torch
 
 from codec.callbacks.discovery import find_quantizers
+from codec.callbacks.distributed import reduce_sum
 from codec.callbacks.log_now import log_now
-from codec.callbacks.verdict import KeepsVerdicts, Verdict
+from codec.callbacks.verdict import KeepsVerdicts
+from codec.diagnostics.consistency import ConsistencyRule, judge_modes
 from codec.quantize.modes import side_effect_free
 from codec.quantize.stats import perplexity
-
-REMEDY = ("eval mode feeds the quantizer other inputs than training: check BatchNorm running statistics "
-          "(momentum, a too-small batch) or dropout in front of the quantizer, or use LayerNorm/GroupNorm; "
-          "compare with `codec eval CKPT --data DIR`")
+from codec.validation_schedule import is_start_validation
 
 
 class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
@@ -49,11 +48,10 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
     input_key: the dict key of the model input when batches are dicts.
     """
 
-    def __init__(self, max_batches: int = 2, collapse_ratio: float = 0.25, min_agreement: float = 0.0,
-                 input_key: str = "input"):
+    def __init__(self, max_batches: int = 2, collapse_ratio: float = ConsistencyRule.collapse_ratio,
+                 min_agreement: float = ConsistencyRule.min_agreement, input_key: str = "input"):
         self.max_batches = max_batches
-        self.collapse_ratio = collapse_ratio
-        self.min_agreement = min_agreement
+        self.rule = ConsistencyRule(collapse_ratio, min_agreement)
         self.input_key = input_key
         self._start_verdicts()
         self._batches: list[Any] = []
@@ -84,26 +82,32 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not self._batches:
             return
-        result = self.compare(pl_module, self._batches, self._eval_codes)
+        if trainer.global_step == 0 or is_start_validation(trainer):  # a baseline (codebooks may not be initialised)
+            self._batches, self._eval_codes = [], None
+            return
+        device = pl_module.device
+        result = self.compare(pl_module, self._batches, self._eval_codes,
+                              combine=lambda t: reduce_sum(trainer, t.to(device)).cpu())
         self._batches, self._eval_codes = [], None
         logs = {}
         for (name, level), row in result.items():
             for key, value in row.items():
                 logs[f"val/usage/{name}q{level}/{key}"] = value
-        flagged = [(name, level, row) for (name, level), row in result.items() if self._collapsed(row)]
-        logs["val/health/train_eval_collapse"] = float(bool(flagged))
+        verdicts = [v for (name, level), row in result.items()
+                    if (v := judge_modes(trainer.global_step, level, row, self.rule, name.rstrip("/"))) is not None]
+        logs["val/health/train_eval_collapse"] = float(bool(verdicts))
         log_now(trainer, logs)
-        for name, level, row in flagged:
-            self._flag(trainer.global_step, name, level, row)
+        self.record(verdicts)
 
     # ---------------------------------------------------------------- compare
     @torch.no_grad()
     def compare(self, pl_module: torch.nn.Module, batches: list[Any],
-                eval_codes: dict[str, list[torch.Tensor]] | None = None) -> dict[tuple[str, int], dict[str, float]]:
+                eval_codes: dict[str, list[torch.Tensor]] | None = None,
+                combine=None) -> dict[tuple[str, int], dict[str, float]]:
         """Per (quantizer prefix, level): perplexity/codes used in each mode, agreement, divergence.
 
         `eval_codes`: the codes an eval-mode pass over `batches` already produced (validation's);
-        without them this runs that pass too."""
+        without them this runs that pass too. `combine`: sums a level's counts over every rank (DDP)."""
         quantizers = find_quantizers(pl_module)
         if not quantizers:
             return {}
@@ -124,14 +128,19 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
             for level in range(levels):
                 ev = torch.cat([c[:, level].reshape(-1) for c in evals])
                 tr = torch.cat([c[:, level].reshape(-1) for c in trains])
-                h_ev = torch.bincount(ev, minlength=sizes[name])
-                h_tr = torch.bincount(tr, minlength=sizes[name])
+                size = sizes[name]
+                agree = (ev == tr).sum() if ev.shape == tr.shape else torch.tensor(-(ev.numel() + 1))
+                counts = torch.cat([torch.bincount(tr, minlength=size), torch.bincount(ev, minlength=size),
+                                    torch.stack([agree, torch.tensor(ev.numel())])])
+                if combine is not None:
+                    counts = combine(counts)
+                h_tr, h_ev, (agree, frames) = counts[:size], counts[size:2 * size], counts[2 * size:].tolist()
                 result[(prefixes[name], level)] = {
                     "perplexity_train_mode": perplexity(h_tr),
                     "perplexity_eval_mode": perplexity(h_ev),
                     "codes_used_train_mode": float((h_tr > 0).sum()),
                     "codes_used_eval_mode": float((h_ev > 0).sum()),
-                    "agreement": float((ev == tr).float().mean()) if ev.shape == tr.shape else math.nan,
+                    "agreement": agree / frames if agree >= 0 else math.nan,
                     "js_divergence_bits": js_divergence_bits(h_tr, h_ev),
                 }
         return result
@@ -149,21 +158,6 @@ class UsageConsistencyMonitor(KeepsVerdicts, L.Callback):
             f"UsageConsistencyMonitor cannot find the model input in a {type(batch).__name__} batch: "
             f"give the module a usage_inputs(batch) method or set input_key (now {self.input_key!r})"
         )
-
-    # ---------------------------------------------------------------- verdict
-    def _collapsed(self, row: dict[str, float]) -> bool:
-        ratio = row["perplexity_eval_mode"] / max(row["perplexity_train_mode"], 1e-12)
-        low_agreement = self.min_agreement > 0 and row["agreement"] < self.min_agreement
-        return ratio < self.collapse_ratio or low_agreement
-
-    def _flag(self, step: int, name: str, level: int, row: dict[str, float]) -> None:
-        self.raise_once((name, level), Verdict(
-            "F7", step,
-            f"{name}Q{level} collapses in eval mode: perplexity {row['perplexity_eval_mode']:.2f} in eval vs "
-            f"{row['perplexity_train_mode']:.1f} in train mode ({row['codes_used_eval_mode']:.0f} vs "
-            f"{row['codes_used_train_mode']:.0f} codes), codes agree on {100 * row['agreement']:.0f}% of frames",
-            REMEDY,
-        ))
 
 
 def js_divergence_bits(p_counts: torch.Tensor, q_counts: torch.Tensor) -> float:

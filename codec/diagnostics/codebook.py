@@ -1,0 +1,145 @@
+"""F1 and F2 from a level's stored state: untrained levels, drifted values, dead codes.
+
+These rules read only what a checkpoint holds (the codebook, its initial copy, the EMA usage
+`cluster_size`, the training-step count and the EMA of the level's input scale `input_scale`), so
+`codec inspect` on a checkpoint and the live monitor at the same step reach the same verdicts.
+
+- F1, *never trained*: an active level that was never initialised, never had a training step, or
+  never moved from its initial codebook (one step right after a k-means init is a fixed point and
+  counts as trained). A level switched on at the checkpoint's own step has not had a step yet: that
+  is a note, not a failure.
+- F2, *drift*: codebook values beyond `drift_factor` x the level's input scale (an EMA of the
+  largest |value| of its training inputs). An EMA codebook is an average of its inputs, so values
+  far outside them are stale codes from a time the inputs were larger, or a gradient-trained
+  codebook that ran away (the reports: values of +-72 where +-4 was normal).
+- F2, *dead codes*: more than `max_dead_fraction` of the codes have an EMA usage below
+  `dead_usage_fraction` of the level's mean usage (relative, so the rule does not depend on the
+  batch size; the reports counted codes under 0.1 % usage: 867 of 1024).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+
+from codec.diagnostics.verdict import Verdict, level_label, level_subject
+from codec.quantize.stats import distance_from_init
+
+MOVED_FROM_INIT = 1e-6  # relative mean distance from init above which a codebook has moved
+
+DRIFT_REMEDY = ("normalise the quantizer input (normalization zscore / l2) or lower the EMA decay; re-seed "
+                "stale codes (quantizer.dead_code_threshold); check for a learnable scale compensating "
+                "downstream (quantizer.post_scale)")
+DEAD_REMEDY_SEEDED = ("k-means init and re-seeding are already on, so this level's inputs do not spread over "
+                      "its codes: try a smaller codebook_size, fewer levels or larger batches")
+NON_FINITE_REMEDY = ("the encoder output is diverging: lower the learning rate, clip gradients, check the input "
+                     "audio for NaN or huge values; the codebook kept its last finite state")
+DEAD_REMEDY = "initialise from data (quantizer.init: kmeans) and re-seed dead codes (quantizer.dead_code_threshold > 0)"
+
+
+@dataclass(frozen=True)
+class CodebookRule:
+    """Thresholds of the stored-state rules (keys of `diagnostics.codebook`)."""
+
+    drift_factor: float = 3.0          # values beyond this x the level's input scale
+    max_dead_fraction: float = 0.75    # more dead codes than this fraction of the codebook
+    dead_usage_fraction: float = 0.01  # a code is dead below this fraction of the level's mean usage
+    min_trained_steps: int = 200       # EMA usage and input scale settle before they are judged
+
+    @classmethod
+    def from_settings(cls, settings: Mapping[str, Any] | None) -> CodebookRule:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in (settings or {}).items() if k in names and v is not None})
+
+
+def level_trained(initialized: bool, trained_steps: int, codebook: torch.Tensor,
+                  initial_codebook: torch.Tensor) -> bool:
+    """Initialised, had training steps and moved from its init (or exactly one step after k-means)."""
+    steps = int(trained_steps)
+    moved = distance_from_init(codebook, initial_codebook) > MOVED_FROM_INIT
+    return bool(initialized) and steps > 0 and (steps == 1 or moved)
+
+
+def dead_code_count(cluster_size: torch.Tensor, rule: CodebookRule | None = None) -> int:
+    """Codes whose EMA usage is below `dead_usage_fraction` of the level's mean usage."""
+    rule = rule or CodebookRule()
+    usage = cluster_size.detach().double()
+    mean = usage.sum() / max(1, usage.numel())
+    return int((usage < rule.dead_usage_fraction * mean).sum())
+
+
+def usage_perplexity(cluster_size: torch.Tensor) -> float:
+    """2 ** entropy of the EMA usage taken as a distribution: codes in use over the last ~1/(1-decay) steps."""
+    usage = cluster_size.detach().double().clamp_min(0)
+    total = usage.sum()
+    if total <= 0:
+        return 0.0
+    p = usage[usage > 0] / total
+    return float(2.0 ** float(-(p * p.log2()).sum()))
+
+
+@dataclass
+class LevelState:
+    """What the rules read of one level, from a live Codebook or a checkpoint's tensors."""
+
+    level: int
+    active: bool
+    initialized: bool
+    trained_steps: int
+    codebook_size: int
+    value_min: float
+    value_max: float
+    input_scale: float | None  # EMA of the largest |input| (None: not stored, e.g. an older checkpoint)
+    dead_codes: int
+    reseeding: bool            # dead-code replacement and k-means init are on
+    rejected_updates: int = 0  # codebook updates refused because their result was not finite
+
+    @property
+    def value_absmax(self) -> float:
+        return max(abs(self.value_min), abs(self.value_max))
+
+
+def level_state(level: int, active: bool, codebook: torch.Tensor, cluster_size: torch.Tensor, initialized: bool,
+                trained_steps: int, input_scale: torch.Tensor | float | None, reseeding: bool,
+                rule: CodebookRule | None = None, rejected_updates: int = 0) -> LevelState:
+    book = codebook.detach().float()
+    return LevelState(level, active, bool(initialized), int(trained_steps), book.shape[0], float(book.min()),
+                      float(book.max()), measured_scale(input_scale), dead_code_count(cluster_size, rule), reseeding,
+                      int(rejected_updates))
+
+
+def measured_scale(input_scale: torch.Tensor | float | None) -> float | None:
+    """The stored input scale as a float, None when it was never measured (0, NaN or absent)."""
+    scale = None if input_scale is None else float(input_scale)
+    return scale if scale is not None and math.isfinite(scale) and scale > 0 else None
+
+
+def judge_level(state: LevelState, step: int, rule: CodebookRule | None = None, quantizer: str = "") -> list[Verdict]:
+    """F2 drift and dead codes of one trained, active level (after `min_trained_steps`) of the
+    quantizer named `quantizer` ("" when the module holds one)."""
+    rule = rule or CodebookRule()
+    label, subject = level_label(quantizer, state.level), level_subject(quantizer, state.level)
+    verdicts = []
+    if state.rejected_updates > 0:  # whatever the step: a refused update means the inputs blew up
+        verdicts.append(Verdict(
+            "F3", step, f"{label} refused {state.rejected_updates} codebook updates whose result was not finite: "
+            "its inputs reached values whose squares or sums overflow", NON_FINITE_REMEDY, "codebook.non_finite_update",
+            subject, {"rejected_updates": state.rejected_updates}))
+    if not (state.active and state.initialized) or state.trained_steps < rule.min_trained_steps:
+        return verdicts
+    if state.input_scale is not None and state.value_absmax > rule.drift_factor * state.input_scale:
+        verdicts.append(Verdict(
+            "F2", step, f"{label} codebook values span [{state.value_min:.3g}, {state.value_max:.3g}], "
+            f"{state.value_absmax / state.input_scale:.1f}x the largest |input| it sees (EMA {state.input_scale:.3g})",
+            DRIFT_REMEDY, "codebook.drift", subject,
+            {"value_min": state.value_min, "value_max": state.value_max, "input_scale": state.input_scale}))
+    if state.dead_codes > rule.max_dead_fraction * state.codebook_size:
+        verdicts.append(Verdict(
+            "F2", step, f"{label} has {state.dead_codes}/{state.codebook_size} dead codes (EMA usage below "
+            f"{rule.dead_usage_fraction:g}x the level's mean)", DEAD_REMEDY_SEEDED if state.reseeding else DEAD_REMEDY,
+            "codebook.dead_codes", subject, {"dead_codes": state.dead_codes, "codebook_size": state.codebook_size}))
+    return verdicts

@@ -1,0 +1,45 @@
+"""`codec reproduce`: the phases as parallel runs, the report beside the reports' outcomes, resuming."""
+
+import json
+
+from codec.reproduce.command import main
+from codec.reproduce.runner import configs_for, run_name
+
+from helpers import TINY
+
+OVERRIDES = [t for t in TINY if not t.startswith("--run.wandb")]
+
+
+def test_two_phases_train_side_by_side_and_the_report_puts_them_beside_the_reports(tmp_path, capsys):
+    out = tmp_path / "reproduce"
+    args = ["reproduce", "--steps", "6", "--val-every", "3", "--phases", "phase_1,phase_a", "--out", str(out),
+            "--jobs", "2", "--", *OVERRIDES]
+    assert main(args) == 0
+    text = (out / "reproduce.md").read_text()
+    assert "| phase_1 | amplitude kept (RMS 0.080)" in text and "| phase_a | collapsed (RMS 0.0037" in text
+    assert "Hardware:" in text and "codec reproduce" in text
+    for figure in ("rms_ratio.png", "mel_distance.png", "q0_step_perplexity.png", "level_perplexity.png"):
+        assert (out / figure).stat().st_size > 0
+    for phase in ("phase_1", "phase_a"):
+        summary = json.loads(next((out / "runs" / phase).glob("version_*/summary.json")).read_text())
+        assert summary["status"] == "finished" and summary["steps"] == 6
+        assert (out / "logs" / f"{phase}.log").is_file()
+    config = (next((out / "runs" / "phase_1").glob("version_*")) / "config.yaml").read_text()
+    assert "mode: warn" in config  # failures are observed to the end, not stopped
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == {"phase_1", "phase_a"} and all(t > 0 for t in timings.values())
+
+    # Again: finished runs are kept, nothing trains, the report is rewritten.
+    capsys.readouterr()
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "phase_1: already finished" in printed and "phase_a: already finished" in printed
+    assert len(list((out / "runs" / "phase_1").glob("version_*"))) == 1
+    assert main(["reproduce", "--report-only", "--phases", "phase_1,phase_a", "--out", str(out)]) == 0
+
+
+def test_run_specs_join_config_pieces_and_unknown_configs_are_named(tmp_path, capsys):
+    assert [p.name for p in configs_for("phase_1+gan")] == ["phase_1.yaml", "gan.yaml"]
+    assert run_name("phase_1+gan") == "phase_1+gan"
+    assert main(["reproduce", "--phases", "phase_9", "--out", str(tmp_path)]) == 2
+    assert "no config conf/phase_9.yaml" in capsys.readouterr().err

@@ -34,6 +34,7 @@ from codec.diagnostics.codebook import (
     dead_code_count,
     judge_level,
     level_trained,
+    live_value_range,
     measured_scale,
     usage_perplexity,
 )
@@ -66,6 +67,8 @@ class LevelFacts:
     value_std: float
     value_min: float
     value_max: float
+    live_min: float  # the range of the codes in use, what the drift rule judges
+    live_max: float
     input_scale: float | None  # EMA of the largest |input| the level saw in training (None: not stored)
     rejected_updates: int  # codebook updates refused because their result was not finite
     init_abs_max: float  # max |value| of the initial codebook
@@ -197,14 +200,17 @@ def level_facts(state_dict, prefix: str, level: int, active: bool, rule: Codeboo
     size, dim = book.shape
     if usage is None or steps == 0:  # never updated: the buffer holds its nominal init mass
         dead, usage_total, ppl = size, 0.0, 0.0
+        live_min, live_max = float(book.min()), float(book.max())
     else:
         dead, usage_total, ppl = dead_code_count(usage, rule), float(usage.sum()), usage_perplexity(usage)
+        live_min, live_max = live_value_range(book, usage, rule)
     return LevelFacts(
         level=level, active=active, initialized=initialized, trained_steps=steps,
         trained=level_trained(initialized, steps, book, init),
         codebook_size=size, codebook_dim=dim, used_codes=size - dead, dead_codes=dead, usage_perplexity=ppl,
         usage_total=usage_total, value_std=float(book.std()), value_min=float(book.min()),
-        value_max=float(book.max()), input_scale=measured_scale(get("input_scale")),
+        value_max=float(book.max()), live_min=live_min, live_max=live_max,
+        input_scale=measured_scale(get("input_scale")),
         rejected_updates=int(get("rejected_updates")) if get("rejected_updates") is not None else 0, init_abs_max=float(init.abs().max()),
         norm_mean=float(book.norm(dim=1).mean()), distance_from_init=distance_from_init(book, init),
     )
@@ -322,8 +328,8 @@ def _judge(report: Report, q: QuantizerFacts, quantizer: str, schedule, step: in
             continue
         if f.active and f.input_scale is None and f.trained_steps >= rule.min_trained_steps:
             report.notes.append(f"{name}level {f.level}: no input_scale stored (an older checkpoint): drift not judged")
-        state = LevelState(f.level, f.active, f.initialized, f.trained_steps, f.codebook_size, f.value_min,
-                           f.value_max, f.input_scale, f.dead_codes, reseeding, f.rejected_updates)
+        state = LevelState(f.level, f.active, f.initialized, f.trained_steps, f.codebook_size, f.live_min,
+                           f.live_max, f.input_scale, f.dead_codes, reseeding, f.rejected_updates)
         report.verdicts += judge_level(state, at, rule, quantizer)
 
 

@@ -26,6 +26,8 @@ from codec.diagnostics.codebook import (
     LevelState,
     dead_code_count,
     judge_level,
+    level_state,
+    live_value_range,
     usage_perplexity,
 )
 from codec.diagnostics.consistency import judge_modes
@@ -244,6 +246,22 @@ def test_drift_is_judged_against_the_levels_own_input_scale():
     assert verdict.rule == "codebook.drift" and "16.0x the largest |input|" in verdict.message
     assert judge_level(state(value_min=-72.2, value_max=69.6, input_scale=None), 3000) == []  # no evidence
     assert judge_level(state(value_min=-72.2, value_max=69.6, trained_steps=100), 3000) == []  # too early
+
+
+def test_drift_is_judged_on_the_codes_in_use_not_on_stale_dead_codes():
+    # A healthy deep level: its residual shrank to +-0.8 and the codes it stopped picking kept
+    # their early values (CI saw 3.0x on a healthy waveform_l1 run); the codes in use are fine.
+    book = torch.rand(16, 4) * 1.6 - 0.8
+    usage = torch.full((16,), 1.0)
+    book[3] = -2.5  # stale
+    usage[3] = 0.0
+    assert live_value_range(book, usage) == pytest.approx((float(book[usage > 0].min()), float(book[usage > 0].max())))
+    stale = level_state(3, True, book, usage, True, 1000, 0.8, True)
+    assert stale.dead_codes == 1 and judge_level(stale, 250) == []
+    usage[3] = 1.0  # the same far code in use is drift
+    (verdict,) = judge_level(level_state(3, True, book, usage, True, 1000, 0.8, True), 250)
+    assert verdict.rule == "codebook.drift" and "3.1x the largest |input|" in verdict.message
+    assert live_value_range(book, torch.zeros(16)) == (float(book.min()), float(book.max()))  # none in use: all
 
 
 def test_dead_codes_are_relative_to_the_levels_mean_usage():

@@ -152,9 +152,10 @@ def test_planted_f2_drift_and_dead_codes(healthy, tmp_path):
     checkpoint = torch.load(healthy, map_location="cpu", weights_only=True)
     state = checkpoint["state_dict"]
     book = state["codec.quantizer.levels.0.codebook"]
-    state["codec.quantizer.levels.0.input_scale"] = book.abs().max().clone()  # the inputs' scale it was fit to
-    book.mul_(30.0)
     state["codec.quantizer.levels.0.cluster_size"][:14] = 0.0  # 14 of 16 codes dead
+    # The scale of the inputs the two codes in use were fit to; then every code runs away x30.
+    state["codec.quantizer.levels.0.input_scale"] = book[14:].abs().max().clone()
+    book.mul_(30.0)
     for level in range(8):
         state[f"codec.quantizer.levels.{level}.trained_steps"].fill_(1000)  # past the rules' settling time
     torch.save(checkpoint, tmp_path / "f2.ckpt")

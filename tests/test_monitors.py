@@ -104,7 +104,7 @@ def test_codebook_monitor_names_an_active_level_stuck_on_one_code_and_a_drifted_
     trainer(tmp_path / "planted", [PlantDeadFarCodebook(), planted]).fit(model, *loaders())
     lines = [v.line() for v in planted.verdicts]
     assert any(line.startswith("F2") and "Q0 used 1/8 codes" in line for line in lines), lines
-    assert any("Q0 codebook values span" in line for line in lines), lines
+    assert any("Q0 codes in use span" in line for line in lines), lines
     # Level 1 inherits the far-off residual and is flagged too; every flag is raised once, at the
     # first window, not again at steps 8 and 12.
     assert {v.step for v in planted.verdicts if v.rule != "usage.validation"} == {4}

@@ -8,10 +8,13 @@ These rules read only what a checkpoint holds (the codebook, its initial copy, t
   never moved from its initial codebook (one step right after a k-means init is a fixed point and
   counts as trained). A level switched on at the checkpoint's own step has not had a step yet: that
   is a note, not a failure.
-- F2, *drift*: codebook values beyond `drift_factor` x the level's input scale (an EMA of the
-  largest |value| of its training inputs). An EMA codebook is an average of its inputs, so values
-  far outside them are stale codes from a time the inputs were larger, or a gradient-trained
-  codebook that ran away (the reports: values of +-72 where +-4 was normal).
+- F2, *drift*: values of the codes in use beyond `drift_factor` x the level's input scale (an
+  EMA of the largest |value| of its training inputs). An EMA code is an average of the inputs it
+  was assigned, so a code in use far outside them is a gradient-trained codebook that ran away or a
+  scale that something downstream compensates (the reports: values of +-72 where +-4 was normal).
+  Dead codes are left out: as a healthy run learns, the residual of a deep level shrinks and the
+  codes it no longer picks keep their old, larger values (3x on a healthy 300-step run); they are
+  harmless, re-seeding replaces them, and too many of them is the dead-code rule's verdict.
 - F2, *dead codes*: more than `max_dead_fraction` of the codes have an EMA usage below
   `dead_usage_fraction` of the level's mean usage (relative, so the rule does not depend on the
   batch size; the reports counted codes under 0.1 % usage: 867 of 1024).
@@ -72,6 +75,19 @@ def dead_code_count(cluster_size: torch.Tensor, rule: CodebookRule | None = None
     return int((usage < rule.dead_usage_fraction * mean).sum())
 
 
+def live_value_range(codebook: torch.Tensor, cluster_size: torch.Tensor,
+                     rule: CodebookRule | None = None) -> tuple[float, float]:
+    """(min, max) of the values of the codes in use (not dead by `dead_usage_fraction`); of every
+    code when none is in use."""
+    rule = rule or CodebookRule()
+    book = codebook.detach().float()
+    usage = cluster_size.detach().double()
+    live = usage >= rule.dead_usage_fraction * (usage.sum() / max(1, usage.numel()))
+    if bool(live.any()):
+        book = book[live.to(book.device)]
+    return float(book.min()), float(book.max())
+
+
 def usage_perplexity(cluster_size: torch.Tensor) -> float:
     """2 ** entropy of the EMA usage taken as a distribution: codes in use over the last ~1/(1-decay) steps."""
     usage = cluster_size.detach().double().clamp_min(0)
@@ -91,7 +107,7 @@ class LevelState:
     initialized: bool
     trained_steps: int
     codebook_size: int
-    value_min: float
+    value_min: float  # of the codes in use (every code when none is)
     value_max: float
     input_scale: float | None  # EMA of the largest |input| (None: not stored, e.g. an older checkpoint)
     dead_codes: int
@@ -106,9 +122,9 @@ class LevelState:
 def level_state(level: int, active: bool, codebook: torch.Tensor, cluster_size: torch.Tensor, initialized: bool,
                 trained_steps: int, input_scale: torch.Tensor | float | None, reseeding: bool,
                 rule: CodebookRule | None = None, rejected_updates: int = 0) -> LevelState:
-    book = codebook.detach().float()
-    return LevelState(level, active, bool(initialized), int(trained_steps), book.shape[0], float(book.min()),
-                      float(book.max()), measured_scale(input_scale), dead_code_count(cluster_size, rule), reseeding,
+    low, high = live_value_range(codebook, cluster_size, rule)
+    return LevelState(level, active, bool(initialized), int(trained_steps), codebook.shape[0], low, high,
+                      measured_scale(input_scale), dead_code_count(cluster_size, rule), reseeding,
                       int(rejected_updates))
 
 
@@ -133,7 +149,7 @@ def judge_level(state: LevelState, step: int, rule: CodebookRule | None = None, 
         return verdicts
     if state.input_scale is not None and state.value_absmax > rule.drift_factor * state.input_scale:
         verdicts.append(Verdict(
-            "F2", step, f"{label} codebook values span [{state.value_min:.3g}, {state.value_max:.3g}], "
+            "F2", step, f"{label} codes in use span [{state.value_min:.3g}, {state.value_max:.3g}], "
             f"{state.value_absmax / state.input_scale:.1f}x the largest |input| it sees (EMA {state.input_scale:.3g})",
             DRIFT_REMEDY, "codebook.drift", subject,
             {"value_min": state.value_min, "value_max": state.value_max, "input_scale": state.input_scale}))

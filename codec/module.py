@@ -203,7 +203,10 @@ class CodecModule(L.LightningModule):
         logs = validation_logs(self.val_audio.compute(), self.val_codes.compute())
         self.val_audio.reset()
         self.val_codes.reset()
-        self.log_dict(logs)
+        # The accumulators already summed every rank's batches (torchmetrics syncs in compute), so
+        # under DDP each rank holds the same numbers: sync_dist averages identical values, keeping
+        # every rank's callback_metrics (what the monitors judge) equal.
+        self.log_dict(logs, sync_dist=True)
 
     # ------------------------------------------------------------ optimizers
     def setup(self, stage: str) -> None:

@@ -244,12 +244,12 @@ class OffsetOutput(L.Callback):
             group["lr"] = 0.0
 
 
-def fit_with(tmp_path, phase: str, *extra_callbacks, overrides=()):
+def fit_with(tmp_path, phase: str, *extra_callbacks, overrides=(), ckpt_path=None):
     cli = CodecCLI(args=["-c", str(CONF / f"{phase}.yaml"), *TINY, f"--run.root={tmp_path}",
                          "--trainer.max_steps=30", "--trainer.val_check_interval=2",
                          "--diagnostics.amplitude.patience=2", *overrides], run=False)
     cli.trainer.callbacks[:0] = list(extra_callbacks)
-    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
     monitor = next(cb for cb in cli.trainer.callbacks if isinstance(cb, AmplitudeMonitor))
     return cli.trainer, monitor
 
@@ -278,6 +278,18 @@ def test_planted_amplitude_collapse_is_declared_within_patience_and_stops_the_ru
     assert f"| F3@{step} F4@{step} |" in phase_table([load_run(run_dir)])[0]  # the demo's table
     printed = capsys.readouterr().out
     assert f"Run stopped at step {monitor.collapsed_at_step}" in printed and "F3 at step" in printed
+
+
+def test_a_run_resumed_after_the_monitor_stopped_it_is_not_stopped_again_by_the_same_finding(tmp_path):
+    trainer_, monitor = fit_with(tmp_path, "phase_a", ShrinkOutput())
+    stopped = monitor.collapsed_at_step
+    assert trainer_.global_step == stopped
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    with pytest.warns(UserWarning, match=f"resuming a run the amplitude monitor stopped at step {stopped}"):
+        resumed, again = fit_with(tmp_path, "phase_a", ShrinkOutput(), overrides=[f"--trainer.max_steps={stopped + 6}"],
+                                  ckpt_path=ckpt)
+    assert resumed.global_step == stopped + 6  # the user chose to go on
+    assert [v.rule for v in again.verdicts].count("amplitude.collapse") == 1  # raised once, in the first fit
 
 
 def test_an_explosion_between_validations_is_named_from_training_steps_and_stops_the_run(tmp_path):

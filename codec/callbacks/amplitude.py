@@ -170,11 +170,21 @@ class AmplitudeMonitor(L.Callback):
             lr = float(trainer.optimizers[0].param_groups[0]["lr"])
         self._record(trainer, self.tracker.diverged(trainer.global_step, error, last, lr))
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        # A fit resumed from a run this monitor stopped: the user chose to go on, so that finding does
+        # not stop it again (a new finding does).
+        self._stopped_before = self.stop_verdict
+        if self._stopped_before is not None and self.mode == "stop":
+            warnings.warn(f"resuming a run the amplitude monitor stopped at step {self._stopped_before.step} "
+                          f"({self._stopped_before.failure}, {self._stopped_before.rule}); that finding will not "
+                          "stop it again", stacklevel=2)
+
     def _record(self, trainer, verdicts: list[Verdict]) -> None:
         for verdict in verdicts:
             self.verdicts.append(verdict)
             warnings.warn(verdict.line(), stacklevel=2)
-        if self.stop_verdict is not None and self.mode == "stop":  # a finding raised earlier may now be sustained
+        stop = self.stop_verdict  # a finding raised earlier may only now be sustained
+        if stop is not None and stop is not getattr(self, "_stopped_before", None) and self.mode == "stop":
             trainer.should_stop = True
 
     # --------------------------------------------------------- parameter norms

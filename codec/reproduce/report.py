@@ -20,6 +20,7 @@ RATIO = "val/audio/rms_ratio"
 RATIO_NO_DC = "val/audio/rms_ratio_no_dc"
 MEL = "val/audio/mel_l1"
 STEP_PPL = "train/codebook/q{}/step_perplexity"
+WINDOW_PPL = "train/codebook/q{}/window_perplexity"
 VAL_PPL = "val/rvq/q{}/perplexity"
 SETTLED = 500  # the recipe's warm-up: RMS swings before this step are not held against a run
 
@@ -34,6 +35,8 @@ class Observed:
     mel: list[tuple[int, float]] = field(default_factory=list)
     q0_step: list[tuple[int, float]] = field(default_factory=list)
     level_ppl: list[float] = field(default_factory=list)  # last validation, per level
+    level_step_ppl: list[float] = field(default_factory=list)  # last logged smoothed per-step perplexity, per level
+    level_window_ppl: list[float] = field(default_factory=list)  # last window's perplexity, per level
     codebook_size: int = 0
     verdicts: list[Verdict] = field(default_factory=list)   # the live run's (summary.json)
     replayed: list[Verdict] = field(default_factory=list)   # the rules over metrics.csv now
@@ -83,6 +86,8 @@ def observe(ph: Phase, root: Path, seconds: float | None = None) -> Observed:
         status=summary.get("status", "unknown"), ratio=at_steps(key), mel=at_steps(MEL),
         q0_step=at_steps(STEP_PPL.format(0)),
         level_ppl=[(at_steps(VAL_PPL.format(i)) or [(0, math.nan)])[-1][1] for i in range(levels)],
+        level_step_ppl=[(at_steps(STEP_PPL.format(i)) or [(0, math.nan)])[-1][1] for i in range(levels)],
+        level_window_ppl=[(at_steps(WINDOW_PPL.format(i)) or [(0, math.nan)])[-1][1] for i in range(levels)],
         codebook_size=int(((config.get("model") or {}).get("quantizer") or {}).get("codebook_size") or 0),
         verdicts=[Verdict.from_dict(v) for v in summary.get("verdicts") or []],
         replayed=replay(rows, config), seconds=seconds)
@@ -148,6 +153,11 @@ def markdown(observed: list[Observed], command: str, hardware: str, minutes: flo
             lines.append("- the rules replayed over metrics.csv also find: " + "; ".join(v.line() for v in extra))
         if o.ratio:
             lines.append("- RMS ratio at each validation: " + ", ".join(f"{s}: {v:.3g}" for s, v in o.ratio))
+        if o.level_step_ppl:
+            lines.append("- perplexity per level q0..qN at the end: within a step (smoothed) "
+                         + " ".join(_fmt(p, 3) for p in o.level_step_ppl) + "; over the last window "
+                         + " ".join(_fmt(p, 3) for p in o.level_window_ppl) + "; on validation "
+                         + " ".join(_fmt(p, 3) for p in o.level_ppl))
         lines.append("")
     lines += ["Figures: rms_ratio.png, mel_distance.png, q0_step_perplexity.png, level_perplexity.png", ""]
     return "\n".join(lines)

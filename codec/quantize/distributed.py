@@ -22,13 +22,17 @@ inference forwards run none, so a callback may run them on one rank alone; every
 the training forwards, with the same `num_active` and `num_levels`.
 
 In one process, or when torch.distributed is not initialised, every function returns its input
-unchanged without a collective. The default process group is used.
+unchanged without a collective. The default process group is used. DDP's own buffer broadcast is
+not needed (`ddp_buffer_settings()` turns it off).
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 from codec.quantize.updates import StepStatistics
 
@@ -38,6 +42,14 @@ def world_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1
+
+
+def ddp_buffer_settings() -> dict[str, bool]:
+    """DistributedDataParallel's keyword that turns its per-step buffer broadcast off (the quantizer
+    keeps its buffers equal itself): `forward_sync_buffers` where the installed torch has it (2.14;
+    buffers are still synced once at construction), else `broadcast_buffers`."""
+    parameters = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers": False}
 
 
 def gather_rows(rows: torch.Tensor) -> torch.Tensor:

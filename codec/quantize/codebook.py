@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from codec.quantize.distributed import broadcast_from_first, gather_rows
 from codec.quantize.kmeans import kmeans
 from codec.quantize.lookup import check_metric, full_precision
 from codec.quantize.losses import codebook_loss, commitment_loss
@@ -176,14 +177,16 @@ class Codebook(nn.Module):
     def init_from_data(self, x: torch.Tensor, row_mask: torch.Tensor | None = None) -> bool:
         """k-means init from the rows that use this level; False when there are none (yet).
 
-        Runs once per level, at its first training step, so reading the row count back is fine."""
+        Runs once per level, at its first training step, so reading the row count back is fine.
+        Under torch.distributed the rows are every rank's and rank 0's result is kept, so every
+        rank starts from the same codebook, and decides alike whether there are rows."""
         rows = x.detach().float()
         if row_mask is not None:
             rows = rows[row_mask]
-        rows = rows[torch.isfinite((rows * rows).sum(dim=1))]  # usable as codewords
+        rows = gather_rows(rows[torch.isfinite((rows * rows).sum(dim=1))])  # usable as codewords
         if rows.shape[0] == 0:
             return False
-        means, counts = kmeans(rows, self.codebook_size, self.kmeans_iters, self.metric)
+        means, counts = broadcast_from_first(*kmeans(rows, self.codebook_size, self.kmeans_iters, self.metric))
         self.codebook.data.copy_(means)
         self.initial_codebook.copy_(means)
         self.cluster_size.copy_(counts)
@@ -203,11 +206,12 @@ class Codebook(nn.Module):
         return self.cluster_size < max(self.dead_code_threshold, DEAD_USAGE_FLOOR)
 
     @torch.no_grad()
-    def stats(self, level: int, active: bool) -> LevelStats:
-        """A snapshot for loggers: reads values back to the host (logging steps only)."""
+    def stats(self, level: int, active: bool, histogram: torch.Tensor | None = None) -> LevelStats:
+        """A snapshot for loggers: reads values back to the host (logging steps only). `histogram`:
+        the usage to describe instead of `last_histogram` (e.g. summed over the ranks)."""
         book = self.codebook.detach().float()
         norms = book.norm(dim=1)
-        hist = self.last_histogram
+        hist = self.last_histogram if histogram is None else histogram
         if hist is None:
             hist = torch.zeros(self.codebook_size, dtype=torch.long)
         hist = hist.detach().cpu()

@@ -32,6 +32,7 @@ from torch import nn
 
 from codec.quantize import closed_form
 from codec.quantize.codebook import INITS, UPDATES, Codebook
+from codec.quantize.distributed import any_rank, summed_across_ranks, world_size
 from codec.quantize.dropout import sample_levels_per_item
 from codec.quantize.lookup import full_precision
 from codec.quantize.normalize import NORMALIZATIONS, normalizer_for
@@ -288,20 +289,37 @@ class ResidualVQ(nn.Module):
             return
         # One reduction catches NaN/inf (they propagate into the sum); only a non-finite sum,
         # which may also be a float overflow of finite values, pays for the exact check.
-        if not bool(torch.isfinite(z.sum())) and not bool(torch.isfinite(z).all()):
+        bad = not bool(torch.isfinite(z.sum())) and not bool(torch.isfinite(z).all())
+        # A training forward runs collectives (codec.quantize.distributed): every rank raises, or none.
+        anywhere = any_rank(bad, z.device) if self.levels[0].side_effects_allowed() else bad
+        if bad:
             n_nan = int(torch.isnan(z).sum())
             n_inf = int(torch.isinf(z).sum())
             raise ValueError(
                 f"ResidualVQ input z contains {n_nan} NaN and {n_inf} inf values (shape {tuple(z.shape)}): "
                 "the encoder output is not finite; nothing was quantized and no codebook was updated"
             )
+        if anywhere:
+            raise ValueError("ResidualVQ input z of another process is not finite (its own error names the "
+                             "counts); nothing was quantized and no codebook was updated")
 
     # ------------------------------------------------------------- statistics
-    def level_stats(self) -> list[LevelStats]:
+    def level_stats(self, across_ranks: bool = False) -> list[LevelStats]:
         """Per-level statistics after the last forward (histogram, perplexity, usage, norms).
-        Reads values back to the host: call it on logging steps."""
+        Reads values back to the host: call it on logging steps.
+
+        `last_histogram` is this process's own; `across_ranks=True` describes the histograms
+        summed over the ranks of a torch.distributed run instead (one collective: every rank must
+        call it at the same step). Everything else is already the same on every rank."""
         active = self.active_levels
-        return [level.stats(i, i < active) for i, level in enumerate(self.levels)]
+        histograms = [None] * len(self.levels)
+        if across_ranks and world_size() > 1:
+            local = [level.last_histogram for level in self.levels]
+            like = next((h for h in local if h is not None), None)
+            if like is not None:
+                stacked = torch.stack([torch.zeros_like(like) if h is None else h for h in local])
+                histograms = list(summed_across_ranks(stacked).unbind(0))
+        return [level.stats(i, i < active, h) for i, (level, h) in enumerate(zip(self.levels, histograms, strict=True))]
 
     def utilization(self, stats: list[LevelStats] | None = None) -> float:
         """DAC's effective codebook utilisation (%) over the active levels' last histograms.

@@ -8,6 +8,9 @@ Nothing here reads a value back to the host after a level's k-means init: the in
 Python mirror of the `initialized` buffer, the statistics stay on the device, and the update is
 a fixed set of masked kernels over all levels at once (`codec.quantize.updates`).
 
+Under torch.distributed a training step's k-means init and statistics are reduced across ranks
+(`codec.quantize.distributed`), for every level the step runs, so every rank applies the same update.
+
 The stacked codebooks `step.books` are copies taken before any update of this step, so callers
 may keep them for the backward pass (`codec.quantize.closed_form`).
 """
@@ -18,11 +21,11 @@ from collections.abc import Sequence
 
 import torch
 
+from codec.quantize.distributed import reduce_statistics, start_alike_
 from codec.quantize.lookup import prepare, search
 from codec.quantize.updates import (
     StatisticsCollector,
     code_histograms,
-    reduce_statistics,
     stacked_state,
     updated_state,
     write_back_,
@@ -49,6 +52,8 @@ class LevelsStep:
         self.chunk_rows = first.chunk_rows
         self.metric = first.metric
         self.updating = first.side_effects_allowed()
+        if self.updating:
+            start_alike_(self.levels)
         with torch.no_grad():
             self.books = torch.stack([level.codebook.detach() for level in self.levels]).float()
             self.keys, self.bias = prepare(self.books, self.metric)

@@ -9,9 +9,9 @@ after the last level they are stacked over the levels, L of them:
     candidates (L, K, D)  one sampled row per code, where a dead code may be re-seeded
     valid      (L, K)     whether each candidate row used the level
 
-`reduce_statistics` is the one place a data-parallel run reduces them across processes (sum the
-counts and sums, min/max the sample range, one rank's candidates for every rank so all re-seed
-alike); in one process it returns them as they are. `updated_state` then computes the new state of
+`codec.quantize.distributed.reduce_statistics` is the one place a data-parallel run reduces them
+across processes (sum the counts and sums, min/max the sample range, each code's candidate from
+one rank, so all re-seed alike); in one process it returns them as they are. `updated_state` then computes the new state of
 every level at once from the stacked state (`stacked_state`), as a fixed set of masked operations:
 no host-device synchronisation, and the same kernels whatever the number of levels, codes or dead
 codes (`write_back_` copies it into the levels' buffers). It
@@ -23,7 +23,7 @@ codes (`write_back_` copies it into the levels' buffers). It
    the EMA normalisation and with their EMA state rewritten, so they stay there (encodec #61);
 4. moves `input_scale`, an EMA of the largest |value| of the level's inputs.
 
-Levels that no row used this step (quantizer dropout) are left exactly as they were.
+Levels that no row used this step (quantizer dropout; on any rank) are left exactly as they were.
 """
 
 from __future__ import annotations
@@ -136,15 +136,6 @@ class StatisticsCollector:
         return stats._replace(**{name: getattr(stats, name).index_select(0, index)
                                  for name in ("sums", "low", "high", "candidates", "valid")
                                  if getattr(stats, name) is not None})
-
-
-def reduce_statistics(stats: StepStatistics) -> StepStatistics:
-    """Where a data-parallel run all-reduces the step's statistics; one process: unchanged.
-
-    What it would do, so every rank applies the same update: all-reduce (sum) `counts` and `sums`,
-    all-reduce min `low` and max `high`, and replace `candidates`/`valid` by one rank's, broadcast.
-    """
-    return stats
 
 
 class LevelState(NamedTuple):

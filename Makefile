@@ -63,6 +63,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/train_step.py
 	$(PY) bench/callbacks.py
 	$(PY) bench/parallel_runs.py
+	$(PY) bench/ddp_throughput.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check codec tests bench

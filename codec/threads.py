@@ -16,7 +16,10 @@ collapse, not a halving: six phase_b runs at once on a 16-core GPU machine made 
 - You win: with `OMP_NUM_THREADS` (or `MKL_NUM_THREADS`) set, torch's own reading of it stands and
   nothing is changed; a `torch.set_num_threads()` in your code runs after this and so wins too.
 
-`codec/cli.py` applies this before Lightning loads, for every `codec` / `lightning` command.
+`codec/cli.py` applies this before Lightning loads, for every `codec` / `lightning` command, and
+a DDP run divides it again by its processes on this machine once its trainer exists
+(`share_with_local_ranks`): two CPU ranks on two cores with two threads each ran at a third of
+their speed.
 `default_num_workers()` is the matching number of DataLoader worker processes.
 """
 
@@ -159,6 +162,15 @@ def apply_thread_settings(environ: dict | None = None) -> ThreadSettings:
     except RuntimeError:  # only settable before inter-op work started; then it stays
         pass
     return settings
+
+
+def share_with_local_ranks(processes: int, environ: dict | None = None) -> ThreadSettings:
+    """Re-fit this process's threads when it is one of `processes` ranks of one run on this machine
+    (DDP): each takes 1/processes of the run's share. The environment is left as it is: every rank
+    is started by re-running the same command and divides once itself."""
+    environ = dict(os.environ if environ is None else environ)
+    environ[PARALLEL_RUNS_ENV] = str(parallel_runs(environ) * max(1, int(processes)))
+    return apply_thread_settings(environ)
 
 
 def default_num_workers(environ: dict | None = None) -> int:

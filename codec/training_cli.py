@@ -34,6 +34,7 @@ from codec.data import AudioDataModule
 from codec.metrics_csv import RunCSVLogger
 from codec.module import CodecModule
 from codec.resume import ResumeState, run_directory_of, wandb_run_id
+from codec.threads import share_with_local_ranks
 from codec.validation_schedule import ValidateAtStartAndEnd
 
 DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "defaults.yaml"
@@ -159,7 +160,11 @@ class CodecCLI(LightningCLI):
         if wants_checkpoints and not any(isinstance(c, ModelCheckpoint) for c in configured + extra):
             # last.ckpt is refreshed every N steps and at the end (atomically: AtomicCheckpointIO).
             extra.append(ModelCheckpoint(every_n_train_steps=run.checkpoint_every, save_last=True))
-        return self._instantiate_trainer(trainer_config, extra)
+        trainer = self._instantiate_trainer(trainer_config, extra)
+        # DDP ranks on this machine share the run's CPUs (Lightning's own division is skipped
+        # because codec/cli.py has already set OMP_NUM_THREADS).
+        share_with_local_ranks(getattr(trainer.strategy, "num_processes", 1))
+        return trainer
 
     def _resume_directory(self) -> Path | None:
         """The version_N directory of the checkpoint a fit resumes from, when it is one of ours."""

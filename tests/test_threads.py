@@ -18,6 +18,7 @@ from codec.threads import (
     fitted_threads,
     parallel_runs,
     runs_sharing_cpus,
+    share_with_local_ranks,
 )
 
 
@@ -75,6 +76,18 @@ def test_launchers_multiply_the_share_for_their_children(monkeypatch):
     with runs_sharing_cpus(2):
         assert parallel_runs() == 2
     assert PARALLEL_RUNS_ENV not in os.environ
+
+
+def test_ddp_ranks_on_one_machine_share_the_runs_cpus(eight_cpus):
+    before = torch.get_num_threads()
+    try:
+        environ = {PARALLEL_RUNS_ENV: "2"}  # a sweep worker of two, training with 2 DDP ranks
+        assert share_with_local_ranks(2, environ).threads == 2 and torch.get_num_threads() == 2
+        assert environ == {PARALLEL_RUNS_ENV: "2"}  # rank 1 re-runs the command and divides once itself
+        assert share_with_local_ranks(1, {}).threads == 8
+        assert share_with_local_ranks(4, {"OMP_NUM_THREADS": "3"}).source == "OMP_NUM_THREADS"  # yours wins
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_data_workers_take_what_the_training_loop_leaves(eight_cpus):

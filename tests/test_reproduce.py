@@ -43,3 +43,23 @@ def test_run_specs_join_config_pieces_and_unknown_configs_are_named(tmp_path, ca
     assert run_name("phase_1+gan") == "phase_1+gan"
     assert main(["reproduce", "--phases", "phase_9", "--out", str(tmp_path)]) == 2
     assert "no config conf/phase_9.yaml" in capsys.readouterr().err
+
+
+def test_a_run_that_ends_early_with_exit_0_is_not_called_done(tmp_path, monkeypatch):
+    """A SIGTERM'd `codec fit` exits 0 with an interrupted summary: reproduce must say so."""
+    import sys
+
+    from codec.reproduce import runner
+
+    def fake_fit(run, root):  # what an interrupted fit leaves: summary.json at step 40 of 100
+        folder = root / run.name / "version_0"
+        summary = json.dumps({"status": "interrupted", "steps": 40})
+        return [sys.executable, "-c", f"import pathlib; p = pathlib.Path({str(folder)!r}); "
+                f"p.mkdir(parents=True); (p / 'summary.json').write_text({summary!r})"]
+
+    monkeypatch.setattr(runner, "fit_command", fake_fit)
+    said = []
+    runs = runner.run_all([runner.Run("phase_1", [])], tmp_path / "runs", tmp_path / "logs", steps=100, jobs=1,
+                          threads=1, echo=said.append)
+    assert runs[0].returncode == 0 and not runner.finished(tmp_path / "runs" / "phase_1", 100)
+    assert "ended before its last step" in said[-1] and "done" not in said[-1]

@@ -101,6 +101,11 @@ def run_all(runs: list[Run], root: Path, logs: Path, steps: int, jobs: int, thre
             run, started, log = active.pop(process)
             log.close()
             run.seconds, run.returncode = time.monotonic() - started, process.returncode
-            state = "done" if process.returncode == 0 else f"FAILED (exit {process.returncode}; see its log)"
+            if process.returncode != 0:
+                state = f"FAILED (exit {process.returncode}; see its log)"
+            elif finished(root / run.name, steps):
+                state = "done"
+            else:  # a SIGTERM'd run exits 0 with an interrupted summary: the next reproduce trains it again
+                state = "ended before its last step (interrupted? see its summary.json)"
             echo(f"  {run.name}: {state} in {run.seconds / 60:.1f} min")
     return runs

@@ -140,7 +140,7 @@ def test_healthy_checkpoint_has_no_verdicts(healthy, capsys):
     (q,) = report.quantizers
     assert q.num_active == 8 and q.never_trained == []
     assert report.verdicts == [] and report.notes == []
-    assert report.rules_from is None and report.rules["drift_factor"] == 3.0  # no run directory: the defaults
+    assert report.rules_from is None and report.rules["drift_factor"] == 6.0  # no run directory: the defaults
     assert main(["inspect", str(healthy), "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["verdicts"] == [] and printed["quantizers"][0]["never_trained"] == []

@@ -17,7 +17,7 @@ def test_two_phases_train_side_by_side_and_the_report_puts_them_beside_the_repor
     assert main(args) == 0
     text = (out / "reproduce.md").read_text()
     assert "| phase_1 | amplitude kept (RMS 0.080)" in text and "| phase_a | collapsed (RMS 0.0037" in text
-    assert "Hardware:" in text and "codec reproduce" in text
+    assert "Hardware:" in text and "Command: `codec reproduce --steps 6 --val-every 3" in text  # once
     for figure in ("rms_ratio.png", "mel_distance.png", "q0_step_perplexity.png", "level_perplexity.png"):
         assert (out / figure).stat().st_size > 0
     for phase in ("phase_1", "phase_a"):

@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     root = out / "runs"
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    command = "codec reproduce " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    given = [*args, *(["--", *extra] if extra else [])]  # without the subcommand `codec` passes on
+    command = "codec reproduce " + " ".join(shlex.quote(a) for a in given)
     minutes = None
     if not opts.report_only:
         cpus = available_cpus()

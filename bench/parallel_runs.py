@@ -38,7 +38,7 @@ def child(steps: int, warmup: int, fit_threads: bool) -> None:
 
     settings = apply_thread_settings() if fit_threads else None
     sys.path.insert(0, str(ROOT / "bench"))
-    from train_step import batches, build
+    from train_step import batches, build, plain_step
 
     torch.manual_seed(0)
     module = build(yaml.safe_load(open(ROOT / "conf" / "phase_b.yaml"))).train()
@@ -48,12 +48,7 @@ def child(steps: int, warmup: int, fit_threads: bool) -> None:
     for i, batch in enumerate(data):
         if i == warmup:
             start = time.perf_counter()
-        out = module.codec(batch)
-        recon, _ = module.reconstruction(out.audio, batch, model=module.codec)
-        loss = recon + sum(out.vq.losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        plain_step(module, optimizer, batch)
     seconds = time.perf_counter() - start
     print(json.dumps({"steps_per_s": steps / seconds, "threads": torch.get_num_threads(),
                       "fitted": settings.describe() if settings else "torch default"}))

@@ -50,15 +50,19 @@ def plain_loop(module: CodecModule, data: list[torch.Tensor], device: str = "cpu
     _synchronize(device)
     start = time.perf_counter()
     for batch in data:
-        batch = batch.to(device, non_blocking=True)
-        out = module.codec(batch)
-        recon, _ = module.reconstruction(out.audio, batch, model=module.codec)
-        loss = recon + sum(out.vq.losses.values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        plain_step(module, optimizer, batch.to(device, non_blocking=True))
     _synchronize(device)
     return time.perf_counter() - start
+
+
+def plain_step(module: CodecModule, optimizer: torch.optim.Optimizer, batch: torch.Tensor) -> None:
+    """One training step of the codec without Lightning: reconstruction + VQ losses, AdamW."""
+    out = module.codec(batch)
+    recon, _ = module.reconstruction(out.audio, batch, model=module.codec)
+    loss = recon + sum(out.vq.losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 class Timed(L.Callback):

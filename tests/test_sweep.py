@@ -200,15 +200,23 @@ def wait_for(marker: Path, process: subprocess.Popen, timeout: float = 600) -> i
     return int(marker.read_text())
 
 
-def test_a_sweep_killed_mid_trial_resumes_to_every_arm_in_one_rerun(tmp_path):
-    # Grid of 4 arms, 3 wanted (the issue's case: one grid point stays unvisited).
+def start_held_sweep(tmp_path: Path, *options: str) -> tuple[Path, Path, subprocess.Popen]:
+    """`codec sweep` of 4 normalization arms (3 trials wanted) as a user starts it, with trial 1 held
+    by HoldTrialOne: (sweep file, the marker its worker writes its pid to, the process)."""
     path = sweep_file(tmp_path, {"model.quantizer.normalization": "choice(none, zscore, l2, rms_scale)"}, steps=6,
                       trials=3, overrides=[*QUICK, "--trainer.callbacks+=test_sweep.HoldTrialOne"])
     marker = tmp_path / "worker.pid"
     env = {**os.environ, "CODEC_TEST_MARKER": str(marker), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-m", "codec.cli", "sweep", str(path), f"--root={tmp_path}", "--no-wandb"],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "codec.cli", "sweep", str(path), f"--root={tmp_path}",
+                                "--no-wandb", *options], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    return path, marker, process
+
+
+def test_a_sweep_killed_mid_trial_resumes_to_every_arm_in_one_rerun(tmp_path):
+    # Grid of 4 arms, 3 wanted (the issue's case: one grid point stays unvisited).
+    path, marker, process = start_held_sweep(tmp_path)
     worker = wait_for(marker, process)
     assert worker == process.pid  # with one job the command itself is the worker
     os.kill(worker, signal.SIGKILL)
@@ -368,15 +376,8 @@ def test_yaml_syntax_errors_and_missing_studies_are_one_line_messages(tmp_path, 
 
 
 def test_a_worker_killed_mid_trial_is_rerun_by_the_other_worker_of_the_same_command(tmp_path):
-    path = sweep_file(tmp_path, {"model.quantizer.normalization": "choice(none, zscore, l2, rms_scale)"}, steps=6,
-                      trials=3, overrides=[*QUICK, "--trainer.callbacks+=test_sweep.HoldTrialOne"])
-    marker = tmp_path / "worker.pid"
-    env = {**os.environ, "CODEC_TEST_MARKER": str(marker), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     # A 10-minute heartbeat: only the dead-pid check can fail the killed worker's trial in time.
-    process = subprocess.Popen([sys.executable, "-m", "codec.cli", "sweep", str(path), f"--root={tmp_path}",
-                                "--no-wandb", "-j", "2", "--heartbeat=600"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    _, marker, process = start_held_sweep(tmp_path, "-j", "2", "--heartbeat=600")
     try:
         worker = wait_for(marker, process)
         assert worker != process.pid  # one of the command's two worker processes

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
+from codec.diagnostics.settings import FromSettings
 from codec.diagnostics.verdict import Verdict
 
 RMS_RATIO = "val/audio/rms_ratio"
@@ -59,7 +60,7 @@ STRUCTURE_REMEDY = ("drop post_scale and final_conv (structure.final_conv: none,
 
 
 @dataclass(frozen=True)
-class AmplitudeRule:
+class AmplitudeRule(FromSettings):
     """Thresholds of the F3 rules (the `diagnostics.amplitude.*` keys of a config)."""
 
     threshold: float = 0.1          # collapse: RMS ratio below this
@@ -82,12 +83,6 @@ class AmplitudeRule:
             raise ValueError(f"diagnostics.amplitude.dc_fraction must be in (0, 1], got {self.dc_fraction}")
         if self.divergence_factor <= 1:
             raise ValueError(f"diagnostics.amplitude.divergence_factor must be > 1, got {self.divergence_factor}")
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any] | None) -> AmplitudeRule:
-        """The rule from a config section (unknown keys, such as `mode`, are ignored)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (settings or {}).items() if k in names and v is not None})
 
     @property
     def share_decay(self) -> float:

@@ -25,12 +25,11 @@ These rules read only what a checkpoint holds (the codebook, its initial copy, t
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 
+from codec.diagnostics.settings import FromSettings
 from codec.diagnostics.verdict import Verdict, level_label, level_subject
 from codec.quantize.stats import distance_from_init
 
@@ -47,18 +46,13 @@ DEAD_REMEDY = "initialise from data (quantizer.init: kmeans) and re-seed dead co
 
 
 @dataclass(frozen=True)
-class CodebookRule:
+class CodebookRule(FromSettings):
     """Thresholds of the stored-state rules (keys of `diagnostics.codebook`)."""
 
     drift_factor: float = 6.0          # values of codes in use beyond this x the level's input scale
     max_dead_fraction: float = 0.75    # more dead codes than this fraction of the codebook
     dead_usage_fraction: float = 0.01  # a code is dead below this fraction of the level's mean usage
     min_trained_steps: int = 200       # EMA usage and input scale settle before they are judged
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any] | None) -> CodebookRule:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (settings or {}).items() if k in names and v is not None})
 
 
 def level_trained(initialized: bool, trained_steps: int, codebook: torch.Tensor,

@@ -9,9 +9,9 @@ in both modes at every validation; `codec eval` does it on a folder. Both call `
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass
 
+from codec.diagnostics.settings import FromSettings
 from codec.diagnostics.verdict import Verdict, level_label, level_subject
 
 REMEDY = ("eval mode feeds the quantizer other inputs than training: check BatchNorm running statistics "
@@ -20,16 +20,11 @@ REMEDY = ("eval mode feeds the quantizer other inputs than training: check Batch
 
 
 @dataclass(frozen=True)
-class ConsistencyRule:
+class ConsistencyRule(FromSettings):
     """Thresholds of the F7 rule (keys of `diagnostics.usage`)."""
 
     collapse_ratio: float = 0.25  # eval-mode perplexity below this fraction of the train-mode one
     min_agreement: float = 0.0    # codes agreeing between modes on fewer frames than this (0: off)
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any] | None) -> ConsistencyRule:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (settings or {}).items() if k in names and v is not None})
 
 
 def judge_modes(step: int, level: int, row: Mapping[str, float], rule: ConsistencyRule | None = None,

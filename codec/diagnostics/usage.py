@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from codec.diagnostics.settings import FromSettings
 from codec.diagnostics.verdict import Verdict, level_label, level_subject
 
 LOW_SHARE = 0.8  # share of recent steps that were low at which a level is flagged
@@ -43,7 +44,7 @@ UNUSED_REMEDY = ("check that this level receives inputs (schedule, quantizer dro
 
 
 @dataclass(frozen=True)
-class UsageRule:
+class UsageRule(FromSettings):
     """Thresholds of the usage rules (keys of `diagnostics.codebook`)."""
 
     min_codes_used: int = 2            # window: an active level using fewer distinct codes is flagged
@@ -59,11 +60,6 @@ class UsageRule:
                              f"{self.patience_steps}, {self.grace_steps}")
         if not 0 <= self.capacity_fraction < 1 or not 0 <= self.drop_fraction < 1:
             raise ValueError("diagnostics.codebook: capacity_fraction and drop_fraction must be in [0, 1)")
-
-    @classmethod
-    def from_settings(cls, settings: Mapping[str, Any] | None) -> UsageRule:
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in (settings or {}).items() if k in names and v is not None})
 
     @property
     def share_decay(self) -> float:

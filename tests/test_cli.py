@@ -56,6 +56,8 @@ def test_phase_config_builds_what_the_phase_table_says(phase):
         assert torch.equal(model.codec.final_conv.weight.squeeze(-1), torch.eye(64))  # identity init
     weight_decay = cli.config["optimizer"]["init_args"]["weight_decay"]
     assert (weight_decay == 0) == in_phase_a
+    # phase_b is DAC's quantizer, straight-through inside each level included
+    assert model.quantizer.straight_through == ("level" if phase == "phase_b" else "stack")
     progressive = [c for c in (cli.config_init["trainer"]["callbacks"] or []) if isinstance(c, ProgressiveRVQ)]
     assert bool(progressive) == (phase in ("phase_2a", "phase_a", "phase_a_v2"))
 
@@ -84,6 +86,7 @@ def test_unknown_key_is_rejected_by_name(capsys):
     ("--model.quantizer.normalization=batchnorm", "model.quantizer.normalization must be one of .* got 'batchnorm'"),
     ("--model.quantizer.decay=1.5", "model.quantizer.decay must be in"),
     ("--model.quantizer.codebook_size=1", "model.quantizer.codebook_size must be an integer >= 2"),
+    ("--model.quantizer.straight_through=dac", "model.quantizer.straight_through must be one of .* got 'dac'"),
     ("--model.structure.channels=0", "model.structure.channels must be >= 1, got 0"),
     ("--model.structure.final_conv=bogus", "model.structure.final_conv must be one of"),
     ("--model.structure.strides=[3,4]", "8000 samples, not a multiple of the encoder hop 12"),

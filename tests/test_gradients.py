@@ -164,3 +164,61 @@ def test_the_residual_subtracts_the_detached_level_output():
         assert g.abs().sum() == 0, "a deeper level's commitment reached an earlier out_proj"
     (gz,) = grads_of(deeper, [z])
     assert gz.abs().sum() > 0  # while the commitment of every level still reaches the encoder
+
+
+def dac_stack(**kw):
+    return ResidualVQ(dim=16, num_quantizers=kw.pop("num_quantizers", 3), codebook_size=8, codebook_dim=4,
+                      normalization="l2", update="gradient", init="random", dead_code_threshold=0.0,
+                      straight_through="level", **kw)
+
+
+def test_dac_straight_through_is_the_projections_of_one_level():
+    """straight_through="level" (DAC): a level emits out_proj(x + sg(q - x)), so d quantized / d z is
+    W_out @ W_in for one level, where the stack-wide form gives the identity."""
+    rvq = dac_stack(num_quantizers=1)
+    z = torch.randn(2, 16, 5, requires_grad=True)
+    upstream = torch.randn(2, 16, 5)
+    (rvq(z).quantized * upstream).sum().backward()
+    level = rvq.levels[0]
+    jacobian = level.out_proj.weight @ level.in_proj.weight  # (16, 16)
+    expected = torch.einsum("bdt,de->bet", upstream, jacobian)
+    assert torch.allclose(z.grad, expected, atol=1e-5)
+    assert not torch.allclose(z.grad, upstream, atol=1e-2)
+
+
+def test_dac_straight_through_trains_every_in_proj_from_the_reconstruction():
+    """With the stack-wide straight-through, in_proj learns from its commitment loss alone (the test
+    above, test_factorised_projections_are_trained_in_and_out); DAC's form gives every level's in_proj
+    the reconstruction gradient, and later levels reach earlier ones through the residual."""
+    rvq = dac_stack()
+    z = torch.randn(2, 16, 9, requires_grad=True)
+    out = rvq(z)
+    for level in rvq.levels:
+        w_in, w_out = grads_of(out.quantized.pow(2).sum(), [level.in_proj.weight, level.out_proj.weight])
+        assert w_in.abs().sum() > 0 and w_out.abs().sum() > 0
+    # The last level's output depends on the first level's out_proj through the residual.
+    last = rvq.levels[-1]
+    (g,) = grads_of(out.commit_per_level[-1], [rvq.levels[0].out_proj.weight])
+    assert g.abs().sum() > 0 and last is not rvq.levels[0]
+
+
+def test_dac_straight_through_changes_gradients_not_values():
+    """Same state, same input: both forms pick the same codes and emit the same values, and decoding
+    the codes gives them back."""
+    import copy
+
+    level_form = dac_stack().eval()
+    stack_form = copy.deepcopy(level_form)
+    stack_form.straight_through = "stack"
+    z = torch.randn(2, 16, 9)
+    a, b = level_form(z), stack_form(z)
+    assert torch.equal(a.codes, b.codes)
+    assert torch.allclose(a.quantized, b.quantized, atol=1e-6)
+    assert torch.allclose(level_form.decode(a.codes), a.quantized, atol=1e-6)
+
+
+def test_dac_straight_through_never_takes_the_closed_form_path():
+    rvq = ResidualVQ(dim=16, num_quantizers=2, codebook_size=8, straight_through="level")
+    assert not rvq._closed_form(dropout=False)
+    with pytest.raises(ValueError, match="straight_through must be one of"):
+        ResidualVQ(dim=16, straight_through="per_level")

@@ -68,6 +68,8 @@ class QuantizerConfig:
         dead_code_threshold: EMA usage below which a code is re-seeded from recent inputs; 0: off.
         quantizer_dropout: probability that a training item uses a random number of levels.
         post_scale: learnable per-level scale and bias on each level's output (Phase A).
+        straight_through: "stack" (one straight-through for the whole stack) | "level" (DAC's: inside
+            each level, so the reconstruction gradient trains every level's codebook_dim projections).
         kmeans_iters: Lloyd iterations of the k-means init.
         compile: torch.compile the quantizer's batched codebook update (GPU speed; off by default).
     """
@@ -83,6 +85,7 @@ class QuantizerConfig:
     dead_code_threshold: float = 2.0
     quantizer_dropout: float = 0.0
     post_scale: bool = False
+    straight_through: str = "stack"
     kmeans_iters: int = 10
     compile: bool = False
 
@@ -93,7 +96,7 @@ class QuantizerConfig:
         try:
             _check_options(1, self.num_quantizers, self.codebook_size, self.codebook_dim, self.normalization,
                            self.update, self.init, self.commitment_weight, self.decay, self.dead_code_threshold,
-                           self.quantizer_dropout)
+                           self.quantizer_dropout, straight_through=self.straight_through)
         except ValueError as error:
             raise ValueError(f"model.quantizer.{error}") from None
         if self.kmeans_iters < 0:

@@ -8,7 +8,9 @@ Gradients, stated once (tests check each):
 - commitment loss mse(x, sg(q)) reaches the encoder (and in_proj), never the codebook;
 - codebook loss mse(sg(x), q) trains the codebook when update="gradient";
 - with update="ema" the codebook is a buffer and moves by EMA of the assigned inputs;
-- the level's output out_proj(sg(q)) trains out_proj (and nothing upstream).
+- the level's output out_proj(sg(q)) trains out_proj (and nothing upstream); with DAC's
+  per-level straight-through (ResidualVQ(straight_through="level")) it is
+  out_proj(sg(q) + x - sg(x)) and its gradient goes on to in_proj and the encoder.
 
 Training-only side effects (k-means init, EMA, dead-code replacement, usage
 counts, input scale) run only when `self.training`, updates are not frozen, and
@@ -158,15 +160,19 @@ class Codebook(nn.Module):
             step.finish(codes[:, None], None if row_mask is None else row_mask[:, None])
         return out
 
-    def emit(self, x: torch.Tensor, codes: torch.Tensor, row_weight: torch.Tensor | None = None) -> LevelOutput:
+    def emit(self, x: torch.Tensor, codes: torch.Tensor, row_weight: torch.Tensor | None = None,
+             straight_through: bool = False) -> LevelOutput:
         """Output and losses of projected rows x (N, codebook_dim) coded as `codes`. The codewords
-        carry the codebook's gradient when update="gradient"; the lookup itself never does."""
+        carry the codebook's gradient when update="gradient"; the lookup itself never does.
+        `straight_through`: the output's gradient goes on to x (DAC's per-level form); its value
+        is the codeword's exactly (x - sg(x) is zero)."""
         # index_select, not F.embedding: its backward is an index_add (embedding's CUDA backward
         # sorts and counts the codes, which may read back to the host).
         q = self.codebook.index_select(0, codes)
         commit = commitment_loss(x, q, row_weight)
         cb_loss = codebook_loss(x, q, row_weight) if self.update == "gradient" else None
-        return LevelOutput(self.out_proj(q.detach()), codes, commit, cb_loss)
+        emitted = q.detach() + (x - x.detach()) if straight_through else q.detach()
+        return LevelOutput(self.out_proj(emitted), codes, commit, cb_loss)
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes (N,) to their contribution in `dim` space (what forward outputs)."""

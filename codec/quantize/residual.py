@@ -8,6 +8,12 @@ Data flow (channels first, like DAC and EnCodec):
     Q = sum_i mask_i * (post_scale_i * out_i + post_bias_i)
     quantized = anchor - sg(anchor) + restore(Q)   # straight-through, exactly once
 
+`straight_through="level"` is DAC's and SoundStream's form instead: each level emits
+out_proj(x_i + sg(q_i - x_i)) and the residual subtracts it undetached, with no stack-level
+straight-through. The reconstruction gradient then reaches every level's in_proj (which, with
+the stack-level form, learns from its commitment loss alone and can fold every row onto a few
+codes) and the earlier levels through the residual chain, as in dac/nn/quantize.py.
+
 The levels share one `LevelsStep` per forward (stacked lookup tables, one batched codebook update
 after the last level) and a plain EMA stack takes the closed-form path (`closed_form.py`).
 
@@ -69,6 +75,9 @@ class ResidualVQ(nn.Module):
         quantizer_dropout: probability that a training item uses a random number of levels.
         post_scale: learnable per-level, per-channel scale and bias on each level's output
             (the reports' Phase A structure).
+        straight_through: "stack" (default): one straight-through for the whole stack, detached
+            residuals; "level": DAC's per-level straight-through inside each level's projections
+            (see the module docstring).
         kmeans_iters: Lloyd iterations of the k-means init.
         compile: torch.compile the batched codebook update (fewer, fused kernels on a GPU; the
             first training step pays the compilation).
@@ -95,6 +104,7 @@ class ResidualVQ(nn.Module):
         dead_code_threshold: float = 2.0,
         quantizer_dropout: float = 0.0,
         post_scale: bool = False,
+        straight_through: str = "stack",
         kmeans_iters: int = 10,
         compile: bool = False,
         chunk_rows: int | None = None,
@@ -103,7 +113,7 @@ class ResidualVQ(nn.Module):
         super().__init__()
         _check_options(
             dim, num_quantizers, codebook_size, codebook_dim, normalization, update, init,
-            commitment_weight, decay, dead_code_threshold, quantizer_dropout, check_finite,
+            commitment_weight, decay, dead_code_threshold, quantizer_dropout, check_finite, straight_through,
         )
         self.dim = dim
         self.num_quantizers = num_quantizers
@@ -113,6 +123,7 @@ class ResidualVQ(nn.Module):
         self.update = update
         self.commitment_weight = commitment_weight
         self.quantizer_dropout = quantizer_dropout
+        self.straight_through = straight_through
         self.check_finite = check_finite
         self.levels = nn.ModuleList(
             Codebook(
@@ -221,7 +232,10 @@ class ResidualVQ(nn.Module):
 
             q = rearrange(total, "(b t) d -> b d t", b=b, t=t)
             restored = self.normalizer.restore(q, None if side is None else side.detach())
-            quantized = _StraightThrough.apply(anchor, restored).to(z.dtype)
+            if self.straight_through == "level":  # the gradient already went through every level
+                quantized = restored.to(z.dtype)
+            else:
+                quantized = _StraightThrough.apply(anchor, restored).to(z.dtype)
             losses = {"commit": self.commitment_weight * commit_per_level.sum()}
             if codebook_losses:
                 losses["codebook"] = torch.stack(codebook_losses).sum()
@@ -235,23 +249,28 @@ class ResidualVQ(nn.Module):
         )
 
     def _closed_form(self, dropout: bool) -> bool:
-        return closed_form.applies(self.update, self.levels[0].projected, self.post_scale is not None, dropout)
+        return self.straight_through == "stack" and closed_form.applies(
+            self.update, self.levels[0].projected, self.post_scale is not None, dropout)
 
     def _levels(self, residual, levels_per_row, step):
         """The general loop: projections, post_scale, dropout masks, gradient-trained codebooks."""
         total = 0.0
         codes, commits, codebook_losses = [], [], []
+        per_level_straight_through = self.straight_through == "level"
         for i in range(len(step.levels)):
             level = self.levels[i]
             row_mask = None if levels_per_row is None else levels_per_row > i
             row_weight = None if row_mask is None else row_mask.to(residual.dtype)
             x = level.in_proj(residual)
-            out = level.emit(x, step.search(i, x, row_mask), row_weight)
+            out = level.emit(x, step.search(i, x, row_mask), row_weight, per_level_straight_through)
             contribution = self._post(i, out.output)
             total = total + (contribution if row_weight is None else contribution * row_weight[:, None])
-            # The *detached* output: every level's commitment loss reaches the encoder, and none
-            # reaches an earlier level's out_proj (tests/test_gradients.py pins it).
-            residual = residual - out.output.detach()
+            if per_level_straight_through:  # DAC: later levels' gradients reach this one's projections
+                residual = residual - out.output
+            else:
+                # The *detached* output: every level's commitment loss reaches the encoder, and none
+                # reaches an earlier level's out_proj (tests/test_gradients.py pins it).
+                residual = residual - out.output.detach()
             codes.append(out.codes)
             commits.append(out.commit)
             if out.codebook is not None:
@@ -330,6 +349,7 @@ class ResidualVQ(nn.Module):
 
 
 FINITE_CHECKS = (True, False, "auto", "eager", "deferred")
+STRAIGHT_THROUGH = ("stack", "level")
 
 
 def _checks_eagerly(check_finite: bool | str, device: torch.device) -> bool:
@@ -367,8 +387,11 @@ def frozen_codebooks(module: nn.Module) -> Iterator[None]:
 
 
 def _check_options(dim, num_quantizers, codebook_size, codebook_dim, normalization, update, init,
-                   commitment_weight, decay, dead_code_threshold, quantizer_dropout, check_finite="auto") -> None:
+                   commitment_weight, decay, dead_code_threshold, quantizer_dropout, check_finite="auto",
+                   straight_through="stack") -> None:
     normalizer_for(normalization)
+    if straight_through not in STRAIGHT_THROUGH:
+        raise ValueError(f"straight_through must be one of {STRAIGHT_THROUGH}, got {straight_through!r}")
     if update not in UPDATES:
         raise ValueError(f"update must be one of {UPDATES}, got {update!r}")
     if init not in INITS:

@@ -12,7 +12,9 @@ Data flow (channels first, like DAC and EnCodec):
 out_proj(x_i + sg(q_i - x_i)) and the residual subtracts it undetached, with no stack-level
 straight-through. The reconstruction gradient then reaches every level's in_proj (which, with
 the stack-level form, learns from its commitment loss alone and can fold every row onto a few
-codes) and the earlier levels through the residual chain, as in dac/nn/quantize.py.
+codes) and the earlier levels through the residual chain, as in dac/nn/quantize.py. It is meant
+for factorized codes (codebook_dim): without projections, r_1 = r_0 - out_0 carries no gradient,
+so as in EnCodec (encodec #25) the levels after the first get no commitment gradient.
 
 The levels share one `LevelsStep` per forward (stacked lookup tables, one batched codebook update
 after the last level) and a plain EMA stack takes the closed-form path (`closed_form.py`).

@@ -30,6 +30,7 @@ TABLE_METRICS = [("RMS ratio", "val/audio/rms_ratio"), ("out_proj norm", "train/
 # Curves drawn when any run logged them (the newer audio metrics appear once runs log them).
 CURVES = ["val/audio/rms_ratio", "val/audio/rms_ratio_no_dc", "val/audio/snr_db", "val/audio/si_sdr_db",
           "val/audio/mel_l1", "val/audio/correlation", "val/audio/dc_offset", "val/audio/dc_fraction",
+          "val/audio/loudness_diff_lu",
           "val/rvq/bitrate_used_kbps", "train/params/out_proj/weight_norm", "val/rvq/q0/perplexity",
           "train/loss/total"]
 IGNORED_CONFIG = ("run.", "trainer.logger", "trainer.callbacks", "seed_everything", "ckpt_path")

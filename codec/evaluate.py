@@ -8,7 +8,8 @@ longer than that, to bound memory. Per mode, the metrics are validation's own ac
 (`codec.metrics.AudioMetrics` and `CodeUsage`) fed one piece at a time, so every key means
 what `val/audio/<key>` and `val/rvq/*` mean in training: SNR and SI-SDR (means over non-silent
 pieces), mel_l1 and stft_distance (means weighted by length), rms_ratio, rms_ratio_no_dc and
-per-band ratios (over the whole folder), correlation, dc_offset, dc_fraction, silent_items,
+per-band ratios (over the whole folder), correlation, dc_offset, dc_fraction, loudness_diff_lu and
+loudness_diff_max_lu (BS.1770 loudness, output - target, in LU), silent_items,
 `stoi` with --stoi; per level perplexity, codes used and bits used (usage entropy), and the
 nominal and used bitrates.
 
@@ -148,6 +149,7 @@ def judge(report: dict, frames: int, step: int = 0) -> list:
 TABLE_ROWS = (("snr_db", "SNR dB"), ("si_sdr_db", "SI-SDR dB"), ("mel_l1", "mel distance"),
               ("stft_distance", "STFT distance"), ("rms_ratio", "RMS ratio"), ("rms_ratio_no_dc", "RMS ratio no DC"),
               ("correlation", "correlation"), ("dc_offset", "DC offset"), ("dc_fraction", "DC fraction"),
+              ("loudness_diff_lu", "loudness diff LU"), ("loudness_diff_max_lu", "max |loud. diff|"),
               ("stoi", "STOI"), ("silent_items", "silent pieces"), ("bitrate_kbps", "kbit/s nominal"),
               ("bitrate_used_kbps", "kbit/s used"))
 

@@ -22,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torchaudio.functional import loudness
 from torchmetrics import Metric
 from torchmetrics.functional.audio import (
     scale_invariant_signal_distortion_ratio,
@@ -35,6 +36,8 @@ SILENCE_FLOOR_DBFS = -70.0
 BANDS_HZ = ((0.0, 500.0), (500.0, 2000.0), (2000.0, 8000.0))
 STFT_DISTANCE_FFT_SIZES = (2048, 512)  # DAC's MultiScaleSTFTLoss window lengths
 MIN_SPECTRAL_SAMPLES = 1025  # the largest FFT's reflect padding (1024) needs more samples than that
+LOUDNESS_BLOCK_SECONDS = 0.4  # BS.1770's gating block
+LOUDNESS_GATE_LUFS = -70.0  # BS.1770's absolute gate
 LOG_CLAMP = 1e-5  # DAC's clamp of magnitudes before log10
 
 
@@ -87,6 +90,11 @@ class AudioMetrics(Metric):
       non-silent items, each item's mean removed;
     - `dc_offset`: RMS over items of each output item's mean (waveform units);
       `dc_fraction`: output DC energy / output energy (0..1), over every item;
+    - `loudness_diff_lu`: mean over items of output loudness - target loudness (ITU-R BS.1770,
+      torchaudio's `loudness`, in LU = dB), `loudness_diff_max_lu` the largest |difference|: the
+      "decoded speech keeps its loudness within 3 dB" check. Only items of at least 0.4 s (one
+      gating block) whose target passes the -70 LUFS gate count (`loudness_items`); an output
+      below the gate counts as -70 LUFS;
     - `silent_items`: targets below the silence floor; `items`: every item seen;
     - `stoi` (only with `stoi=True`, needs `pystoi`): mean STOI over non-silent items. STOI
       wants about 3 s or more of speech per item, so it is for `codec eval` on whole files,
@@ -109,8 +117,10 @@ class AudioMetrics(Metric):
         self.bands = MultiBandRMSLoss(sample_rate, bands_below_nyquist(sample_rate))
         for name in ("items", "silent_items", "snr_sum", "si_sdr_sum", "pred_energy", "target_energy",
                      "pred_energy_no_dc", "target_energy_no_dc", "cross_no_dc", "dc_square_sum",
-                     "dc_energy", "output_energy", "spectral_weight", "mel_sum", "stft_sum", "stoi_sum"):
+                     "dc_energy", "output_energy", "spectral_weight", "mel_sum", "stft_sum", "stoi_sum",
+                     "loudness_items", "loudness_diff_sum"):
             _sum_state(self, name)
+        self.add_state("loudness_diff_max", default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="max")
         bands = len(self.bands.bands_hz)
         _sum_state(self, "band_pred_energy", (bands,))
         _sum_state(self, "band_target_energy", (bands,))
@@ -146,10 +156,26 @@ class AudioMetrics(Metric):
         pa, ta = pred[audible], target[audible]
         self.band_pred_energy += self.bands.band_rms(pa).double().pow(2).sum(dim=(0, 2))
         self.band_target_energy += self.bands.band_rms(ta).double().pow(2).sum(dim=(0, 2))
+        self._loudness(pa, ta)
         if self.stoi:
             from torchmetrics.functional.audio import short_time_objective_intelligibility
 
             self.stoi_sum += short_time_objective_intelligibility(pa.cpu(), ta.cpu(), self.sample_rate).double().sum()
+
+    def _loudness(self, pred: Tensor, target: Tensor) -> None:
+        if pred.shape[-1] < LOUDNESS_BLOCK_SECONDS * self.sample_rate:
+            return  # no gating block: BS.1770 loudness is undefined
+        with torch.autocast(pred.device.type, enabled=False):
+            out_lufs, target_lufs = (loudness(x[:, None], self.sample_rate).double() for x in (pred, target))
+        # Everything gated away (silence) gives NaN: an output that quiet counts at the gate, so a
+        # codec that outputs silence shows a large negative difference instead of dropping out.
+        out_lufs = torch.where(torch.isfinite(out_lufs), out_lufs.clamp_min(LOUDNESS_GATE_LUFS),
+                               torch.full_like(out_lufs, LOUDNESS_GATE_LUFS))
+        counted = torch.isfinite(target_lufs)
+        diff = torch.where(counted, out_lufs - target_lufs, torch.zeros_like(out_lufs))
+        self.loudness_items += counted.sum()
+        self.loudness_diff_sum += diff.sum()
+        self.loudness_diff_max = torch.maximum(self.loudness_diff_max, diff.abs().max())
 
     def _spectral(self, pred: Tensor, target: Tensor) -> None:
         pad = max(0, MIN_SPECTRAL_SAMPLES - pred.shape[-1])
@@ -179,6 +205,9 @@ class AudioMetrics(Metric):
             "dc_offset": ratio(self.dc_square_sum, self.items).sqrt(),
             "dc_fraction": torch.where(self.output_energy > 0, ratio(self.dc_energy, self.output_energy),
                                        torch.zeros_like(nan)),
+            "loudness_diff_lu": ratio(self.loudness_diff_sum, self.loudness_items),
+            "loudness_diff_max_lu": torch.where(self.loudness_items > 0, self.loudness_diff_max, nan),
+            "loudness_items": self.loudness_items.clone(),
             "silent_items": self.silent_items.clone(),
             "items": self.items.clone(),
         }

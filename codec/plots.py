@@ -22,6 +22,7 @@ LABELS = {
     "val/audio/correlation": "correlation, decoded vs input",
     "val/audio/dc_offset": "DC offset of decoded (full scale 1)",
     "val/audio/dc_fraction": "DC share of decoded energy (0-1)",
+    "val/audio/loudness_diff_lu": "loudness, output - target (LU)",
     "val/rvq/bitrate_used_kbps": "bitrate used (kbit/s)",
     "val/rvq/utilization": "codebook utilisation (%)",
     "train/rvq/utilization": "codebook utilisation (%)",

@@ -64,7 +64,8 @@ def test_eval_json_has_both_modes_finite_metrics_and_counts_the_corrupt_file(che
         assert set(mode) == {"snr_db", "si_sdr_db", "mel_l1", "stft_distance", "rms_ratio", "rms_ratio_no_dc",
                              "rms_ratio_0_500hz", "rms_ratio_500_2000hz", "rms_ratio_2000_8000hz", "correlation",
                              "dc_offset", "dc_fraction", "silent_items", "items", "levels", "bitrate_kbps",
-                             "bitrate_used_kbps"}
+                             "bitrate_used_kbps", "loudness_diff_lu", "loudness_diff_max_lu", "loudness_items"}
+        assert mode["loudness_items"] == 1  # the 0.23 s file is shorter than BS.1770's 0.4 s block
         assert mode["rms_ratio"] > 0 and mode["mel_l1"] > 0 and mode["silent_items"] == 0 and mode["items"] == 2
         assert [lv["level"] for lv in mode["levels"]] == [0, 1, 2, 3]
         assert all(1 <= lv["codes_used"] <= 16 and 1.0 <= lv["perplexity"] <= 16.0 and 0 <= lv["bits_used"] <= 4

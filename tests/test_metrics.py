@@ -72,14 +72,35 @@ def test_silent_targets_are_left_out_of_ratios_and_counted():
 
 def test_sums_do_not_depend_on_how_the_set_is_batched():
     g = torch.Generator().manual_seed(0)
-    target = torch.randn(6, 1, 4000, generator=g) * torch.linspace(0.01, 0.3, 6).view(6, 1, 1)
-    pred = 0.7 * target + 0.02 * torch.randn(6, 1, 4000, generator=g) + 0.01
+    target = torch.randn(6, 1, 8000, generator=g) * torch.linspace(0.01, 0.3, 6).view(6, 1, 1)
+    pred = 0.7 * target + 0.02 * torch.randn(6, 1, 8000, generator=g) + 0.01
     whole = computed(pred, target)
     metric = AudioMetrics(SR)
     for i in range(6):
         metric.update(pred[i : i + 1], target[i : i + 1])
     one_by_one = {k: float(v) for k, v in metric.compute().items()}
     assert one_by_one == pytest.approx(whole, rel=1e-5)
+
+
+def test_loudness_difference_in_lu_of_a_louder_a_quieter_and_a_silent_output():
+    target = tone(items=2)
+    assert computed(2 * target, target)["loudness_diff_lu"] == pytest.approx(20 * math.log10(2), abs=0.05)
+    quieter = computed(target * torch.tensor([0.5, 1.0]).view(2, 1, 1), target)
+    assert quieter["loudness_diff_lu"] == pytest.approx(-3.01, abs=0.05)  # mean of -6.02 and 0
+    assert quieter["loudness_diff_max_lu"] == pytest.approx(6.02, abs=0.05)
+    assert quieter["loudness_items"] == 2
+    # A silent output is not left out: it counts at BS.1770's -70 LUFS gate.
+    silent = computed(torch.zeros_like(target), target)
+    assert silent["loudness_diff_lu"] < -40 and silent["loudness_items"] == 2
+
+
+def test_loudness_needs_a_gating_block_and_an_audible_target():
+    short = tone(samples=4000)  # 0.25 s: shorter than BS.1770's 0.4 s block
+    result = computed(short, short)
+    assert result["loudness_items"] == 0 and math.isnan(result["loudness_diff_lu"])
+    target = torch.cat([tone(), torch.zeros(1, 1, 8000)])  # the silent target is left out
+    result = computed(torch.cat([tone(), tone()]), target)
+    assert result["loudness_items"] == 1 and result["loudness_diff_lu"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_band_ratios_see_where_the_level_was_lost():

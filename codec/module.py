@@ -21,6 +21,7 @@ monitors' windows mean the same with and without a discriminator.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 
 import lightning as L
@@ -39,7 +40,7 @@ from codec.model import Codec, QuantizerConfig, StructureConfig
 
 # The shared recipe's optimizer, for use without LightningCLI (conf/defaults.yaml is the reference).
 DEFAULT_LR, DEFAULT_BETAS, DEFAULT_WEIGHT_DECAY = 5e-4, (0.8, 0.99), 0.01
-DEFAULT_WARMUP_STEPS, DEFAULT_DECAY = 200, 0.999996
+DEFAULT_WARMUP_STEPS, DEFAULT_DECAY, DEFAULT_COOLDOWN = 200, 0.999996, 0.2
 
 
 def _config(cls, value):
@@ -223,7 +224,8 @@ class CodecModule(L.LightningModule):
         else:
             optimizer = torch.optim.AdamW(self.codec.parameters(), lr=DEFAULT_LR, betas=DEFAULT_BETAS,
                                           weight_decay=DEFAULT_WEIGHT_DECAY)
-            scheduler = WarmupExponentialLR(optimizer, DEFAULT_WARMUP_STEPS, DEFAULT_DECAY)
+            scheduler = WarmupExponentialLR(optimizer, DEFAULT_WARMUP_STEPS, DEFAULT_DECAY, DEFAULT_COOLDOWN)
+        self._bind_run_length(scheduler)
         if self.discriminator is not None:
             _drop_parameters(optimizer, self.discriminator.parameters())
         configs = [_optimizer_config(optimizer, scheduler)]
@@ -233,6 +235,13 @@ class CodecModule(L.LightningModule):
                                          weight_decay=cfg.weight_decay)
             configs.append(_optimizer_config(disc_opt, WarmupExponentialLR(disc_opt, 0, cfg.lr_decay)))
         return configs[0] if len(configs) == 1 else configs
+
+    def _bind_run_length(self, scheduler) -> None:
+        """A cool-down ends with the run: give the schedule the run's length unless it was set
+        (`estimated_stepping_batches`: max_steps, or what max_epochs comes to)."""
+        if isinstance(scheduler, WarmupExponentialLR) and scheduler.needs_total_steps:
+            total = self.trainer.estimated_stepping_batches if self._trainer is not None else -1
+            scheduler.set_total_steps(int(total) if math.isfinite(total) else -1)
 
 
 def validation_logs(audio: dict, codes: dict) -> dict[str, float]:

@@ -85,7 +85,13 @@ class CodecModule(L.LightningModule):
         self.adversarial = AdversarialConfig(**adversarial)
         self.codec = Codec(StructureConfig(**structure), QuantizerConfig(**quantizer))
         self.reconstruction = ReconstructionLoss(self.loss_config, sample_rate)
-        self.discriminator = self.adversarial.build_discriminator() if self.adversarial.enabled else None
+        self.discriminator = None
+        if self.adversarial.enabled:
+            # Drawn from a copy of the random state, so everything random after it (data order,
+            # k-means, re-seeding) is what the same run without a discriminator draws: with and
+            # without the GAN, the warm-up steps are the same steps, and a comparison is paired.
+            with torch.random.fork_rng(devices=[]):
+                self.discriminator = self.adversarial.build_discriminator()
         self.automatic_optimization = self.discriminator is None
         self.frame_rate = sample_rate / self.codec.hop_length
         self.val_audio = AudioMetrics(sample_rate)

@@ -132,7 +132,7 @@ def test_cli_optimizer_and_schedule_drive_the_codec_per_step_in_both_modes(tmp_p
         cli = CodecCLI(args=["fit", "-c", str(CONF / "phase_1.yaml"), *extra, *TINY, f"--run.root={tmp_path}",
                              "--trainer.max_steps=4", "--trainer.val_check_interval=4", "--run.diagnostics=false",
                              "--optimizer.init_args.lr=0.004", "--lr_scheduler.init_args.warmup_steps=8",
-                             "--lr_scheduler.init_args.gamma=1.0"])
+                             "--lr_scheduler.init_args.gamma=1.0", "--lr_scheduler.init_args.cooldown_fraction=0"])
         codec_opt = cli.trainer.optimizers[0]
         assert {id(p) for g in codec_opt.param_groups for p in g["params"]} == {id(p) for p in cli.model.codec.parameters()}
         # after 4 steps of an 8-step warm-up to 0.004: the schedule stepped per step, not per epoch
@@ -157,3 +157,20 @@ def test_a_resumed_adversarial_run_continues_both_optimizers(tmp_path):
     first = next(iter(disc_opt.state.values()))
     assert next(iter(codec_opt.state.values()))["step"] == 6 and first["step"] == 4  # 2 + 2 after warm-up
     assert disc_opt.param_groups[0]["lr"] == pytest.approx(1e-4 * 0.999996 ** 4)
+
+
+def test_warm_up_steps_are_the_steps_of_the_same_run_without_a_discriminator(tmp_path):
+    """The discriminator's init draws from a copy of the random state, and warm-up steps are
+    generator-only: after warm-up the codec is the no-GAN run's codec, so the runs are paired."""
+    common = ["-c", str(CONF / "phase_1.yaml"), *TINY, "--trainer.max_steps=6", "--trainer.val_check_interval=6",
+              "--run.diagnostics=false", "--seed_everything=3"]
+
+    def gan_run(warmup_steps):
+        return CodecCLI(args=["fit", *common, "-c", str(CONF / "gan.yaml"), "--model.adversarial.periods=[2]",
+                              f"--model.adversarial.warmup_steps={warmup_steps}", "--model.adversarial.fft_sizes=[256]",
+                              f"--run.root={tmp_path / str(warmup_steps)}"]).model.codec.state_dict()
+
+    plain = CodecCLI(args=["fit", *common, f"--run.root={tmp_path / 'plain'}"]).model.codec.state_dict()
+    assert all(torch.equal(value, plain[name]) for name, value in gan_run(6).items())
+    # the control: with the discriminator on from step 3, the codec's last steps differ
+    assert not all(torch.equal(value, plain[name]) for name, value in gan_run(3).items())

@@ -63,3 +63,14 @@ def test_a_run_that_ends_early_with_exit_0_is_not_called_done(tmp_path, monkeypa
                           threads=1, echo=said.append)
     assert runs[0].returncode == 0 and not runner.finished(tmp_path / "runs" / "phase_1", 100)
     assert "ended before its last step" in said[-1] and "done" not in said[-1]
+
+
+def test_an_interrupted_run_gets_no_outcome_of_its_phase():
+    from codec.reproduce.phases import phase
+    from codec.reproduce.report import Observed
+
+    healthy = [(250, 0.9), (500, 1.1)]
+    finished = Observed(phase("phase_1"), None, steps=3000, status="finished", ratio=healthy)
+    interrupted = Observed(phase("phase_1"), None, steps=737, status="interrupted", ratio=healthy)
+    assert (finished.outcome, finished.agrees) == ("kept", "yes")
+    assert (interrupted.outcome, interrupted.agrees) == ("interrupted at step 737", "-")

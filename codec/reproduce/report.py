@@ -49,6 +49,8 @@ class Observed:
     @property
     def outcome(self) -> str:
         """What the lab saw, in the reports' terms."""
+        if self.status in ("interrupted", "failed"):
+            return f"{self.status} at step {self.steps}"  # not an outcome of the phase: it did not run to the end
         if not self.ratio:
             return "no validation"
         if any(v.rule == "amplitude.collapse" for v in self.verdicts):
@@ -60,7 +62,7 @@ class Observed:
 
     @property
     def agrees(self) -> str:
-        if self.phase.expect == "open" or not self.ratio:
+        if self.phase.expect == "open" or not self.ratio or self.status in ("interrupted", "failed"):
             return "-"
         if self.phase.expect == "collapse":
             return "yes" if self.outcome == "collapsed" else "no"

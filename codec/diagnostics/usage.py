@@ -39,7 +39,8 @@ LOW_SHARE = 0.8  # share of recent steps that were low at which a level is flagg
 USAGE_REMEDY = ("the level maps every row of a step onto a few codes: check the scale of the quantizer input "
                 "(normalization zscore / l2, quantizer.codebook_dim), lower the learning rate, re-seed dead codes "
                 "(quantizer.dead_code_threshold) or learn the codebook by gradient with DAC's losses (conf/phase_b.yaml); "
-                "with codebook_dim projections, let the reconstruction train them (quantizer.straight_through: level)")
+                "with codebook_dim projections under the stack-wide straight-through (quantizer.straight_through: stack), "
+                "let the reconstruction train them (straight_through: level, as DAC)")
 UNUSED_REMEDY = ("check that this level receives inputs (schedule, quantizer dropout); re-seed dead codes "
                  "(quantizer.dead_code_threshold) and initialise from data (quantizer.init: kmeans)")
 

@@ -74,6 +74,12 @@ class WarmupExponentialLR(LRScheduler):
             raise ValueError("lr_scheduler.init_args.cooldown_fraction needs the run's length: set "
                              f"trainer.max_steps or lr_scheduler.init_args.total_steps (got {total_steps})")
         self.total_steps = total_steps
+        self.apply_current_rate()
+
+    def apply_current_rate(self) -> None:
+        """Set the optimizer's rates to this schedule's at its current step. A resumed run needs it:
+        the checkpoint's optimizer holds the rate its own run's length gave (0 at the end of a
+        finished run), which would otherwise drive the first resumed step."""
         for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

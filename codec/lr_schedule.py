@@ -77,9 +77,7 @@ class WarmupExponentialLR(LRScheduler):
         self.apply_current_rate()
 
     def apply_current_rate(self) -> None:
-        """Set the optimizer's rates to this schedule's at its current step. A resumed run needs it:
-        the checkpoint's optimizer holds the rate its own run's length gave (0 at the end of a
-        finished run), which would otherwise drive the first resumed step."""
+        """Set the optimizer's rates to this schedule's at its current step."""
         for group, lr in zip(self.optimizer.param_groups, self.get_lr(), strict=True):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]
@@ -89,3 +87,9 @@ class WarmupExponentialLR(LRScheduler):
         state = super().state_dict()
         state.pop("total_steps", None)
         return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # Lightning restores the optimizer first: its rate is the one the checkpoint's run length
+        # gave (0 at the end of a finished run), which would drive the first resumed step.
+        super().load_state_dict(state_dict)
+        self.apply_current_rate()

@@ -242,13 +242,6 @@ class CodecModule(L.LightningModule):
             configs.append(_optimizer_config(disc_opt, WarmupExponentialLR(disc_opt, 0, cfg.lr_decay)))
         return configs[0] if len(configs) == 1 else configs
 
-    def on_train_start(self) -> None:
-        # After a checkpoint's optimizer and schedule states are restored: the rate of the next
-        # step is this run's schedule's (its length is this trainer's, see WarmupExponentialLR).
-        for config in self.trainer.lr_scheduler_configs:
-            if isinstance(config.scheduler, WarmupExponentialLR):
-                config.scheduler.apply_current_rate()
-
     def _bind_run_length(self, scheduler) -> None:
         """A cool-down ends with the run: give the schedule the run's length unless it was set
         (`estimated_stepping_batches`: max_steps, or what max_epochs comes to)."""

@@ -18,6 +18,10 @@ import torch.nn.functional as F
 from codec.model.discriminator import BANDS, Discriminator
 
 LOSSES = ("least_squares", "hinge")
+# "l1": DAC's, the L1 of every feature map summed, so the widest, loudest maps weigh most;
+# "relative": EnCodec's, each map's L1 divided by the mean |feature| of the target, averaged
+# over maps, so every layer of every sub-discriminator counts alike and the term is O(1).
+FEATURE_MATCHING = ("l1", "relative")
 
 
 @dataclass
@@ -29,6 +33,8 @@ class AdversarialConfig:
     ramp_steps: steps after warm-up over which the adversarial weight rises from 0 to 1.
     generator_weight: weight of the generator's adversarial loss (DAC: 1).
     feature_matching_weight: weight of the feature-matching L1 (DAC: 2).
+    feature_matching: "l1" (DAC: summed L1 over feature maps) | "relative" (EnCodec: each map's L1
+        over the target's mean |feature|, averaged over maps).
     periods, period_channels, fft_sizes, stft_channels, bands, peak_normalize: the discriminator
         (codec.model.discriminator.Discriminator).
     lr, betas, weight_decay: the discriminator's AdamW (DAC: 1e-4, (0.8, 0.99)).
@@ -45,6 +51,7 @@ class AdversarialConfig:
     ramp_steps: int = 0
     generator_weight: float = 1.0
     feature_matching_weight: float = 2.0
+    feature_matching: str = "l1"
     periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
     period_channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     fft_sizes: list[int] = field(default_factory=lambda: [1024, 512, 256])
@@ -61,6 +68,9 @@ class AdversarialConfig:
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"model.adversarial.loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.feature_matching not in FEATURE_MATCHING:
+            raise ValueError(f"model.adversarial.feature_matching must be one of {FEATURE_MATCHING}, "
+                             f"got {self.feature_matching!r}")
         for name in ("warmup_steps", "ramp_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model.adversarial.{name} must be >= 0, got {getattr(self, name)}")
@@ -102,11 +112,20 @@ def generator_loss(fake: list[list[torch.Tensor]], kind: str) -> torch.Tensor:
     return total
 
 
-def feature_matching_loss(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]]) -> torch.Tensor:
-    """L1 between the discriminator's features of output and target, summed over every feature map
-    but the logits (DAC); the target's features are constants."""
-    total = fake[0][0].new_zeros(())
+def feature_matching_loss(real: list[list[torch.Tensor]], fake: list[list[torch.Tensor]],
+                          kind: str = "l1") -> torch.Tensor:
+    """L1 between the discriminator's features of output and target over every feature map but the
+    logits; the target's features are constants. "l1" sums the maps' L1 (DAC); "relative" divides
+    each by the target map's mean |feature| and averages over maps (EnCodec)."""
+    terms = []
     for r, f in zip(real, fake, strict=True):
         for real_map, fake_map in zip(r[:-1], f[:-1], strict=True):
-            total = total + F.l1_loss(fake_map, real_map.detach())
-    return total
+            target = real_map.detach()
+            term = F.l1_loss(fake_map, target)
+            if kind == "relative":
+                term = term / target.abs().mean().clamp_min(1e-8)
+            terms.append(term)
+    if not terms:
+        return fake[0][0].new_zeros(())
+    total = torch.stack(terms)
+    return total.mean() if kind == "relative" else total.sum()

@@ -157,7 +157,7 @@ class CodecModule(L.LightningModule):
             fake = self.discriminator(output)
             with torch.no_grad():
                 real = self.discriminator(target)
-            g_adv, g_fm = generator_loss(fake, cfg.loss), feature_matching_loss(real, fake)
+            g_adv, g_fm = generator_loss(fake, cfg.loss), feature_matching_loss(real, fake, cfg.feature_matching)
             codec_loss = codec_loss + weight * (cfg.generator_weight * g_adv + cfg.feature_matching_weight * g_fm)
             self.untoggle_optimizer(codec_opt)
             logs["adv/generator"], logs["adv/feature_matching"] = g_adv.detach(), g_fm.detach()

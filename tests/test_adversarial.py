@@ -108,6 +108,17 @@ def test_loss_values_on_planted_logits():
     assert feature_matching_loss(features, [[torch.full((4,), 3.0), torch.ones(1)]]) == 2  # logits left out
 
 
+def test_relative_feature_matching_weighs_every_map_alike():
+    # Two maps 100x apart in scale, each 10 % off: DAC's sum is ruled by the loud one, EnCodec's
+    # relative form gives each map its 0.1 and averages.
+    real = [[torch.full((4,), 100.0), torch.zeros(1)], [torch.ones(4), torch.zeros(1)]]
+    fake = [[torch.full((4,), 110.0), torch.ones(1)], [torch.full((4,), 0.9), torch.ones(1)]]
+    assert torch.isclose(feature_matching_loss(real, fake, "l1"), torch.tensor(10.1))
+    assert torch.isclose(feature_matching_loss(real, fake, "relative"), torch.tensor(0.1))
+    with pytest.raises(ValueError, match="feature_matching"):
+        AdversarialConfig(feature_matching="l2")
+
+
 def test_adversarial_weight_is_zero_in_warm_up_then_ramps():
     cfg = AdversarialConfig(warmup_steps=10, ramp_steps=4)
     assert [cfg.weight(s) for s in (0, 9, 10, 11, 13, 100)] == [0, 0, 0.25, 0.5, 1, 1]

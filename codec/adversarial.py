@@ -125,7 +125,5 @@ def feature_matching_loss(real: list[list[torch.Tensor]], fake: list[list[torch.
             if kind == "relative":
                 term = term / target.abs().mean().clamp_min(1e-8)
             terms.append(term)
-    if not terms:
-        return fake[0][0].new_zeros(())
-    total = torch.stack(terms)
+    total = torch.stack(terms)  # every sub-discriminator has feature maps besides its logits
     return total.mean() if kind == "relative" else total.sum()

@@ -35,6 +35,10 @@ class AdversarialConfig:
     feature_matching_weight: weight of the feature-matching L1 (DAC: 2).
     feature_matching: "l1" (DAC: summed L1 over feature maps) | "relative" (EnCodec: each map's L1
         over the target's mean |feature|, averaged over maps).
+    train_encoder: true (DAC, EnCodec): the adversarial and feature-matching gradients train the whole
+        codec. false: they stop at the quantized latent (the module decodes it a second time, cut from
+        the graph), so they train the decoder side only and the encoder and quantizer learn from the
+        reconstruction loss alone (README, "Adversarial training", says why one would).
     periods, period_channels, fft_sizes, stft_channels, bands, peak_normalize: the discriminator
         (codec.model.discriminator.Discriminator).
     lr, betas, weight_decay: the discriminator's AdamW (DAC: 1e-4, (0.8, 0.99)).
@@ -52,6 +56,7 @@ class AdversarialConfig:
     generator_weight: float = 1.0
     feature_matching_weight: float = 2.0
     feature_matching: str = "l1"
+    train_encoder: bool = True
     periods: list[int] = field(default_factory=lambda: [2, 3, 5, 7, 11])
     period_channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64])
     fft_sizes: list[int] = field(default_factory=lambda: [1024, 512, 256])

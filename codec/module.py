@@ -9,8 +9,9 @@ Optimization. The codec's optimizer and schedule come from LightningCLI's `optim
 recipe when the module is used without them; the schedule is stepped after every optimizer
 step. Without adversarial training, Lightning's automatic optimization runs the step (and
 `trainer.gradient_clip_val` clips it), exactly as before the GAN existed. With
-`adversarial.enabled` the module switches to manual optimization: per batch, one codec forward,
-then (after warm-up) a discriminator step, then the codec step, clipped by the module
+`adversarial.enabled` the module switches to manual optimization: per batch, one codec forward
+(and a second decoding with `adversarial.train_encoder` off), then (after warm-up) a
+discriminator step, then the codec step, clipped by the module
 (`adversarial.generator_clip_norm`: Lightning neither clips under manual optimization nor
 accepts `trainer.gradient_clip_val` there). The discriminator steps through the strategy (so
 precision plugins apply) but not through Lightning's optimizer wrapper, whose step is what
@@ -36,7 +37,7 @@ from codec.adversarial import (
 from codec.losses import LossConfig, ReconstructionLoss, vq_weight
 from codec.lr_schedule import WarmupExponentialLR
 from codec.metrics import AudioMetrics, CodeUsage
-from codec.model import Codec, QuantizerConfig, StructureConfig
+from codec.model import Codec, CodecOutput, QuantizerConfig, StructureConfig
 
 # The shared recipe's optimizer, for use without LightningCLI (conf/defaults.yaml is the reference).
 DEFAULT_LR, DEFAULT_BETAS, DEFAULT_WEIGHT_DECAY = 5e-4, (0.8, 0.99), 0.01
@@ -117,7 +118,7 @@ class CodecModule(L.LightningModule):
         total = recon + vq_weight(self.global_step, self.loss_config) * vq_total
         write_logs = self._writes_logs_this_step()
         if self.discriminator is not None:
-            total, adv_logs = self._adversarial_step(batch, out.audio, total, write_logs)
+            total, adv_logs = self._adversarial_step(batch, out, total, write_logs)
             parts.update(adv_logs)
         if write_logs:
             logs = {f"train/loss/{name}": value for name, value in parts.items()}
@@ -131,7 +132,7 @@ class CodecModule(L.LightningModule):
             self.log_dict(logs, on_step=True, on_epoch=False, batch_size=batch.shape[0])
         return total if self.automatic_optimization else None
 
-    def _adversarial_step(self, target: torch.Tensor, output: torch.Tensor, codec_loss: torch.Tensor,
+    def _adversarial_step(self, target: torch.Tensor, out: CodecOutput, codec_loss: torch.Tensor,
                           logging: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One discriminator step (after warm-up) and one codec step; returns the codec's total loss
         and the adversarial terms for `train/loss/adv/*`."""
@@ -143,7 +144,7 @@ class CodecModule(L.LightningModule):
         logs: dict[str, torch.Tensor] = {"adv/weight": torch.tensor(weight)}
         if weight > 0:
             # Discriminator step on the detached output: no gradient reaches the codec.
-            d_loss = discriminator_loss(self.discriminator(target), self.discriminator(output.detach()), cfg.loss)
+            d_loss = discriminator_loss(self.discriminator(target), self.discriminator(out.audio.detach()), cfg.loss)
             disc_opt.zero_grad()
             self.manual_backward(d_loss)
             if cfg.discriminator_clip_norm:
@@ -154,7 +155,9 @@ class CodecModule(L.LightningModule):
             logs["adv/discriminator"] = d_loss.detach()
             # Codec's adversarial terms: the discriminator is frozen, so they train the codec only.
             self.toggle_optimizer(codec_opt)
-            fake = self.discriminator(output)
+            # One backward for both losses (DDP's reducer allows no second); with train_encoder off the
+            # adversarial terms judge a second decoding of the detached latent instead.
+            fake = self.discriminator(out.audio if cfg.train_encoder else self.codec.resynthesize_detached(out))
             with torch.no_grad():
                 real = self.discriminator(target)
             g_adv, g_fm = generator_loss(fake, cfg.loss), feature_matching_loss(real, fake, cfg.feature_matching)

@@ -119,6 +119,37 @@ def test_relative_feature_matching_weighs_every_map_alike():
         AdversarialConfig(feature_matching="l2")
 
 
+class CodecGradients(L.Callback):
+    """The codec's gradients as its optimizer is about to step (after the adversarial terms)."""
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        if optimizer is trainer.optimizers[0]:
+            self.grads = {name: p.grad.clone() for name, p in pl_module.codec.named_parameters()
+                          if p.grad is not None}
+
+
+def first_step_codec_gradients(**adversarial):
+    torch.manual_seed(0)
+    recorder = CodecGradients()
+    fit(small_module(warmup_steps=0, generator_clip_norm=None, **adversarial), steps=1, callbacks=[recorder])
+    return recorder.grads
+
+
+@pytest.mark.parametrize("train_encoder", [True, False])
+def test_train_encoder_off_keeps_adversarial_gradients_out_of_the_encoder(train_encoder):
+    reconstruction_only = first_step_codec_gradients(generator_weight=0.0, feature_matching_weight=0.0,
+                                                     train_encoder=train_encoder)
+    adversarial = first_step_codec_gradients(train_encoder=train_encoder)
+    encoder = [n for n in adversarial if n.startswith(("encoder.", "pre_rvq_conv."))]
+    # out_proj.bias only offsets DC, which the discriminator removes before judging: no gradient from it.
+    decoder = [n for n in adversarial if n.startswith(("decoder.", "out_proj.")) and n != "out_proj.bias"]
+    assert encoder and decoder and set(adversarial) == set(reconstruction_only)
+    same = {n: torch.allclose(adversarial[n], reconstruction_only[n], rtol=1e-5, atol=1e-8) for n in adversarial}
+    # The decoder side learns from the discriminator either way; the encoder only when train_encoder is on.
+    assert not any(same[n] for n in decoder)
+    assert all(same[n] for n in encoder) == (not train_encoder)
+
+
 def test_adversarial_weight_is_zero_in_warm_up_then_ramps():
     cfg = AdversarialConfig(warmup_steps=10, ramp_steps=4)
     assert [cfg.weight(s) for s in (0, 9, 10, 11, 13, 100)] == [0, 0, 0.25, 0.5, 1, 1]

@@ -74,6 +74,11 @@ class Codec(nn.Module):
         length = int(length) if length is not None else codes.shape[-1] * self.hop_length
         return self._synthesize(latent, waveform_scale, length)
 
+    def resynthesize_detached(self, output: CodecOutput) -> torch.Tensor:
+        """`output.audio` again, decoded from its quantized latent cut from the graph: a loss on it
+        trains final_conv, the decoder and out_proj, and no gradient reaches the encoder or quantizer."""
+        return self._synthesize(output.vq.quantized.detach(), output.waveform_scale, output.audio.shape[-1])
+
     def _synthesize(self, latent: torch.Tensor, scale: torch.Tensor | None, length: int) -> torch.Tensor:
         if self.final_conv is not None:
             latent = self.final_conv(latent)

@@ -150,6 +150,13 @@ def test_train_encoder_off_keeps_adversarial_gradients_out_of_the_encoder(train_
     assert all(same[n] for n in encoder) == (not train_encoder)
 
 
+def test_the_module_trains_with_the_configured_feature_matching_form():
+    # Feature matching alone (no adversarial term): the form the config names must reach the codec's step.
+    dac = first_step_codec_gradients(generator_weight=0.0, feature_matching="l1")
+    relative = first_step_codec_gradients(generator_weight=0.0, feature_matching="relative")
+    assert not torch.allclose(dac["decoder.net.0.weight"], relative["decoder.net.0.weight"], rtol=1e-5, atol=1e-8)
+
+
 def test_adversarial_weight_is_zero_in_warm_up_then_ramps():
     cfg = AdversarialConfig(warmup_steps=10, ramp_steps=4)
     assert [cfg.weight(s) for s in (0, 9, 10, 11, 13, 100)] == [0, 0, 0.25, 0.5, 1, 1]

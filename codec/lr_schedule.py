@@ -33,10 +33,13 @@ class WarmupExponentialLR(LRScheduler):
         total_steps: the run's length in steps; None: `trainer.max_steps`, filled in by
             CodecModule. It is not saved with the schedule's state, so a run resumed with a larger
             max_steps cools down at its new end.
+        step_offset: the run's step at this schedule's step 0, for an optimizer that starts late
+            (the discriminator, after its warm-up): the cool-down ends at the run's last step.
     """
 
     def __init__(self, optimizer: Optimizer, warmup_steps: int = 0, gamma: float = 1.0,
-                 cooldown_fraction: float = 0.0, total_steps: int | None = None, last_epoch: int = -1):
+                 cooldown_fraction: float = 0.0, total_steps: int | None = None, step_offset: int = 0,
+                 last_epoch: int = -1):
         if warmup_steps < 0:
             raise ValueError(f"WarmupExponentialLR.warmup_steps must be >= 0, got {warmup_steps}")
         if not 0 < gamma <= 1:
@@ -49,6 +52,7 @@ class WarmupExponentialLR(LRScheduler):
         self.gamma = gamma
         self.cooldown_fraction = cooldown_fraction
         self.total_steps = total_steps
+        self.step_offset = step_offset
         super().__init__(optimizer, last_epoch)
 
     @property
@@ -57,13 +61,13 @@ class WarmupExponentialLR(LRScheduler):
 
     def factor(self, step: int) -> float:
         warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps > 0 else 1.0
-        return warm * self.gamma ** max(step, 0) * self._cooldown(step)
+        return warm * self.gamma ** max(step, 0) * self._cooldown(step + self.step_offset)
 
-    def _cooldown(self, step: int) -> float:
+    def _cooldown(self, run_step: int) -> float:
         if self.cooldown_fraction == 0 or self.total_steps is None:
             return 1.0
         length = max(1, round(self.cooldown_fraction * self.total_steps))
-        return min(1.0, max(0.0, (self.total_steps - step) / length))
+        return min(1.0, max(0.0, (self.total_steps - run_step) / length))
 
     def get_lr(self) -> list[float]:
         return [base * self.factor(self.last_epoch) for base in self.base_lrs]

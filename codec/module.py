@@ -242,7 +242,7 @@ class CodecModule(L.LightningModule):
             cfg = self.adversarial
             disc_opt = torch.optim.AdamW(self.discriminator.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
                                          weight_decay=cfg.weight_decay)
-            configs.append(_optimizer_config(disc_opt, WarmupExponentialLR(disc_opt, 0, cfg.lr_decay)))
+            configs.append(_optimizer_config(disc_opt, _discriminator_schedule(disc_opt, cfg, scheduler)))
         return configs[0] if len(configs) == 1 else configs
 
     def _bind_run_length(self, scheduler) -> None:
@@ -272,6 +272,16 @@ def _optimizer_and_scheduler(configured):
         return configured["optimizer"], configured.get("lr_scheduler")
     optimizers, schedulers = configured
     return optimizers[0], (schedulers[0] if schedulers else None)
+
+
+def _discriminator_schedule(disc_opt, cfg: AdversarialConfig, codec_schedule) -> WarmupExponentialLR:
+    """DAC's decay per discriminator step; with `cfg.cooldown`, also the codec schedule's cool-down over
+    the same steps of the run (the discriminator's first step is the run's step `cfg.warmup_steps`)."""
+    follows = cfg.cooldown and isinstance(codec_schedule, WarmupExponentialLR) and codec_schedule.total_steps
+    if not follows:
+        return WarmupExponentialLR(disc_opt, 0, cfg.lr_decay)
+    return WarmupExponentialLR(disc_opt, 0, cfg.lr_decay, codec_schedule.cooldown_fraction,
+                               codec_schedule.total_steps, step_offset=cfg.warmup_steps)
 
 
 def _optimizer_config(optimizer, scheduler) -> dict:

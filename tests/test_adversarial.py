@@ -223,3 +223,36 @@ def test_warm_up_steps_are_the_steps_of_the_same_run_without_a_discriminator(tmp
     assert all(torch.equal(value, plain[name]) for name, value in gan_run(6).items())
     # the control: with the discriminator on from step 3, the codec's last steps differ
     assert not all(torch.equal(value, plain[name]) for name, value in gan_run(3).items())
+
+
+class RateRecorder(L.Callback):
+    """Both optimizers' learning rates as each batch starts, by global step."""
+
+    def __init__(self):
+        self.codec, self.discriminator = {}, {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        codec_opt, disc_opt = trainer.optimizers
+        self.codec[trainer.global_step] = codec_opt.param_groups[0]["lr"]
+        self.discriminator[trainer.global_step] = disc_opt.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("cooldown", [True, False])
+def test_the_discriminator_cools_down_with_the_codec_when_asked(tmp_path, cooldown):
+    recorder = RateRecorder()
+    cli = CodecCLI(args=["-c", str(CONF / "phase_1.yaml"), "-c", str(CONF / "gan.yaml"), *TINY,
+                         f"--run.root={tmp_path}", "--trainer.max_steps=10", "--trainer.val_check_interval=10",
+                         "--run.diagnostics=false", "--model.adversarial.warmup_steps=2",
+                         "--model.adversarial.periods=[2]", "--model.adversarial.fft_sizes=[256]",
+                         f"--model.adversarial.cooldown={str(cooldown).lower()}", "--model.adversarial.lr_decay=1.0",
+                         "--lr_scheduler.init_args.warmup_steps=0", "--lr_scheduler.init_args.gamma=1.0",
+                         "--lr_scheduler.init_args.cooldown_fraction=0.4"], run=False)
+    cli.trainer.callbacks.append(recorder)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    base_codec, base_disc = cli.config.optimizer.init_args.lr, cli.config.model.adversarial.lr
+    codec = [recorder.codec[s] / base_codec for s in range(10)]
+    disc = [recorder.discriminator[s] / base_disc for s in range(2, 10)]  # its steps: after warm-up
+    # The codec falls linearly to 0 over the last 4 of the 10 steps; the discriminator, when asked,
+    # over the same steps of the run (its own step count starts 2 steps later).
+    assert codec == pytest.approx([1, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25])
+    assert disc == (pytest.approx(codec[2:]) if cooldown else pytest.approx([1.0] * 8))

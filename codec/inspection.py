@@ -32,6 +32,7 @@ from codec.diagnostics.codebook import (
     CodebookRule,
     LevelState,
     dead_code_count,
+    drifted_usage,
     judge_level,
     level_trained,
     live_value_range,
@@ -71,6 +72,7 @@ class LevelFacts:
     live_max: float
     input_scale: float | None  # EMA of the largest |input| the level saw in training (None: not stored)
     rejected_updates: int  # codebook updates refused because their result was not finite
+    drifted_usage: float | None  # usage share of the codes beyond the drift factor (None: scale or usage unknown)
     init_abs_max: float  # max |value| of the initial codebook
     norm_mean: float
     distance_from_init: float  # mean ||c - c_init|| / max(mean ||c_init||, mean ||c||)
@@ -201,9 +203,11 @@ def level_facts(state_dict, prefix: str, level: int, active: bool, rule: Codeboo
     if usage is None or steps == 0:  # never updated: the buffer holds its nominal init mass
         dead, usage_total, ppl = size, 0.0, 0.0
         live_min, live_max = float(book.min()), float(book.max())
+        far_share = None
     else:
         dead, usage_total, ppl = dead_code_count(usage, rule), float(usage.sum()), usage_perplexity(usage)
         live_min, live_max = live_value_range(book, usage, rule)
+        far_share = drifted_usage(book, usage, get("input_scale"), rule)
     return LevelFacts(
         level=level, active=active, initialized=initialized, trained_steps=steps,
         trained=level_trained(initialized, steps, book, init),
@@ -211,7 +215,8 @@ def level_facts(state_dict, prefix: str, level: int, active: bool, rule: Codeboo
         usage_total=usage_total, value_std=float(book.std()), value_min=float(book.min()),
         value_max=float(book.max()), live_min=live_min, live_max=live_max,
         input_scale=measured_scale(get("input_scale")),
-        rejected_updates=int(get("rejected_updates")) if get("rejected_updates") is not None else 0, init_abs_max=float(init.abs().max()),
+        rejected_updates=int(get("rejected_updates")) if get("rejected_updates") is not None else 0,
+        drifted_usage=far_share, init_abs_max=float(init.abs().max()),
         norm_mean=float(book.norm(dim=1).mean()), distance_from_init=distance_from_init(book, init),
     )
 
@@ -329,7 +334,7 @@ def _judge(report: Report, q: QuantizerFacts, quantizer: str, schedule, step: in
         if f.active and f.input_scale is None and f.trained_steps >= rule.min_trained_steps:
             report.notes.append(f"{name}level {f.level}: no input_scale stored (an older checkpoint): drift not judged")
         state = LevelState(f.level, f.active, f.initialized, f.trained_steps, f.codebook_size, f.live_min,
-                           f.live_max, f.input_scale, f.dead_codes, reseeding, f.rejected_updates)
+                           f.live_max, f.input_scale, f.dead_codes, reseeding, f.rejected_updates, f.drifted_usage)
         report.verdicts += judge_level(state, at, rule, quantizer)
 
 
@@ -364,7 +369,8 @@ def format_report(report: Report) -> str:
     lines.append(f"used: codes whose EMA usage is at least {rules['dead_usage_fraction']:g}x the level's mean; "
                  "ppl: perplexity of the EMA usage; input: EMA of the largest |input|; moved: mean distance from "
                  "init / the larger mean norm")
-    lines.append(f"rules: drift beyond {rules['drift_factor']:g}x the input, more than "
+    lines.append(f"rules: drift beyond {rules['drift_factor']:g}x the input (codes with "
+                 f"{100 * rules['drift_min_usage']:g}%+ of the usage), more than "
                  f"{100 * rules['max_dead_fraction']:.0f}% dead, after {rules['min_trained_steps']} steps "
                  f"({'from ' + report.rules_from if report.rules_from else 'defaults'})")
     if not report.verdicts and not report.notes:

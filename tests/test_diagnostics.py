@@ -5,6 +5,7 @@ the failures within a validation or a window of their onset and say nothing abou
 """
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -263,6 +264,25 @@ def test_drift_is_judged_on_the_codes_in_use_not_on_stale_dead_codes():
     (verdict,) = judge_level(level_state(3, True, book, usage, True, 1000, 0.8, True), 250)
     assert verdict.rule == "codebook.drift" and "6.2x the largest |input|" in verdict.message
     assert live_value_range(book, torch.zeros(16)) == (float(book.min()), float(book.max()))  # none in use: all
+
+
+def test_one_outlier_code_is_not_drift_but_a_share_of_the_usage_is():
+    # The healthy phase_1 + gan run (seed 2, step 1750): on each deep level one code served an outlier
+    # frame, at 7-12x the input scale and 0.15x the mean usage (0.06 % of the level's assignments).
+    book = torch.rand(256, 8) * 0.6 - 0.3
+    usage = torch.full((256,), 1.0)
+    book[7], usage[7] = 2.7, 0.15
+    outlier = level_state(2, True, book, usage, True, 1750, 0.376, True)
+    assert outlier.value_absmax == pytest.approx(2.7) and outlier.drifted_usage == pytest.approx(0.15 / 255.15)
+    assert judge_level(outlier, 1750) == []
+    # A drifting codebook moves the codes in use together: 20 of 256 far codes are 7.8 % of the usage.
+    book[:20], usage[:20] = 2.7, 1.0
+    (verdict,) = judge_level(level_state(2, True, book, usage, True, 1750, 0.376, True), 1750)
+    assert verdict.rule == "codebook.drift" and "take 8% of its usage" in verdict.message
+    assert verdict.evidence["drifted_usage"] == pytest.approx(20 / 256)
+    # The share is a setting; a state without it (a run logged before it existed) is judged on the range alone.
+    assert judge_level(outlier, 1750, CodebookRule(drift_min_usage=0.0))
+    assert judge_level(replace(outlier, drifted_usage=None), 1750)
 
 
 def test_dead_codes_are_relative_to_the_levels_mean_usage():

@@ -41,7 +41,8 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
     floor_perplexity, capacity_fraction, drop_fraction: when a step's usage counts as low.
     patience_steps: low steps in a row that raise the per-step verdict.
     grace_steps: steps after a level's activation before it is judged.
-    drift_factor: codebook values beyond this x the level's input scale are drift (F2).
+    drift_factor: codebook values beyond this x the level's input scale are drift (F2), when
+        those codes take at least drift_min_usage of the level's EMA usage (one outlier's code is not).
     max_dead_fraction, dead_usage_fraction: dead codes (usage below dead_usage_fraction x the mean).
     min_trained_steps: training steps before drift and dead codes are judged.
     log_histograms: send usage histograms to W&B (when a W&B logger is attached).
@@ -51,7 +52,8 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
                  min_codes_used: int = _USAGE.min_codes_used, floor_perplexity: float = _USAGE.floor_perplexity,
                  capacity_fraction: float = _USAGE.capacity_fraction, drop_fraction: float = _USAGE.drop_fraction,
                  patience_steps: int = _USAGE.patience_steps, grace_steps: int = _USAGE.grace_steps,
-                 drift_factor: float = _BOOK.drift_factor, max_dead_fraction: float = _BOOK.max_dead_fraction,
+                 drift_factor: float = _BOOK.drift_factor, drift_min_usage: float = _BOOK.drift_min_usage,
+                 max_dead_fraction: float = _BOOK.max_dead_fraction,
                  dead_usage_fraction: float = _BOOK.dead_usage_fraction,
                  min_trained_steps: int = _BOOK.min_trained_steps, log_histograms: bool = True):
         if every_n_steps <= 0:
@@ -62,7 +64,9 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
         self.check_every_n_steps = check_every_n_steps
         self.usage_rule = UsageRule(min_codes_used, floor_perplexity, capacity_fraction, drop_fraction,
                                     patience_steps, grace_steps)
-        self.codebook_rule = CodebookRule(drift_factor, max_dead_fraction, dead_usage_fraction, min_trained_steps)
+        self.codebook_rule = CodebookRule(drift_factor=drift_factor, drift_min_usage=drift_min_usage,
+                                          max_dead_fraction=max_dead_fraction, dead_usage_fraction=dead_usage_fraction,
+                                          min_trained_steps=min_trained_steps)
         self.log_histograms = log_histograms
         self._start_verdicts()
         self._quantizers: list = []
@@ -175,6 +179,8 @@ class CodebookMonitor(KeepsVerdicts, L.Callback):
                 logs[f"{key}/usage_perplexity"] = usage_perplexity(level.cluster_size)
                 if state.input_scale is not None:
                     logs[f"{key}/input_scale"] = state.input_scale
+                if state.drifted_usage is not None:
+                    logs[f"{key}/drifted_usage"] = state.drifted_usage
                 self.record(judge_level(state, step, self.codebook_rule, tracker.quantizer))
                 if used:
                     histograms[f"{key}/usage"] = counts

@@ -16,7 +16,12 @@ These rules read only what a checkpoint holds (the codebook, its initial copy, t
   that serves a deep level's rare outlier frames sat at 3.0x on a healthy 300-step `waveform_l1`
   run (CI's false F2). Dead codes are left out: as a run learns, a deep level's residual shrinks
   and the codes it stops picking keep their old, larger values; they are harmless, re-seeding
-  replaces them, and too many of them is the dead-code rule's verdict.
+  replaces them, and too many of them is the dead-code rule's verdict. And the codes beyond the
+  factor must take at least `drift_min_usage` (5 %) of the level's EMA usage: one outlier frame
+  gets a code of its own on every level its residual reaches, which sits far out while it is
+  remembered (measured on a healthy `phase_1 + gan` run, seed 2, step 1750: one code per level 2-7
+  at 7-12x, each with 0.05-0.09 % of the usage, back in range by step 2000). A drifted codebook
+  moves the codes in use together (the reports: every live code of Q0 at 16x).
 - F2, *dead codes*: more than `max_dead_fraction` of the codes have an EMA usage below
   `dead_usage_fraction` of the level's mean usage (relative, so the rule does not depend on the
   batch size; the reports counted codes under 0.1 % usage: 867 of 1024).
@@ -50,6 +55,7 @@ class CodebookRule(FromSettings):
     """Thresholds of the stored-state rules (keys of `diagnostics.codebook`)."""
 
     drift_factor: float = 6.0          # values of codes in use beyond this x the level's input scale
+    drift_min_usage: float = 0.05      # ... when those codes take at least this share of the level's usage
     max_dead_fraction: float = 0.75    # more dead codes than this fraction of the codebook
     dead_usage_fraction: float = 0.01  # a code is dead below this fraction of the level's mean usage
     min_trained_steps: int = 200       # EMA usage and input scale settle before they are judged
@@ -84,6 +90,20 @@ def live_value_range(codebook: torch.Tensor, cluster_size: torch.Tensor,
     return float(book.min()), float(book.max())
 
 
+def drifted_usage(codebook: torch.Tensor, cluster_size: torch.Tensor, input_scale: torch.Tensor | float | None,
+                  rule: CodebookRule | None = None) -> float | None:
+    """Share of the level's EMA usage taken by codes with a value beyond `drift_factor` x the input
+    scale; None when the scale was never measured or no code was used."""
+    rule = rule or CodebookRule()
+    scale = measured_scale(input_scale)
+    usage = cluster_size.detach().double().clamp_min(0)
+    total = float(usage.sum())
+    if scale is None or total <= 0:
+        return None
+    far = codebook.detach().abs().amax(dim=-1).to(usage.device) > rule.drift_factor * scale
+    return float(usage[far].sum()) / total
+
+
 def usage_perplexity(cluster_size: torch.Tensor) -> float:
     """2 ** entropy of the EMA usage taken as a distribution: codes in use over the last ~1/(1-decay) steps."""
     usage = cluster_size.detach().double().clamp_min(0)
@@ -109,6 +129,7 @@ class LevelState:
     dead_codes: int
     reseeding: bool            # dead-code replacement and k-means init are on
     rejected_updates: int = 0  # codebook updates refused because their result was not finite
+    drifted_usage: float | None = None  # usage share of the codes beyond drift_factor (None: not measured)
 
     @property
     def value_absmax(self) -> float:
@@ -121,7 +142,7 @@ def level_state(level: int, active: bool, codebook: torch.Tensor, cluster_size: 
     low, high = live_value_range(codebook, cluster_size, rule)
     return LevelState(level, active, bool(initialized), int(trained_steps), codebook.shape[0], low, high,
                       measured_scale(input_scale), dead_code_count(cluster_size, rule), reseeding,
-                      int(rejected_updates))
+                      int(rejected_updates), drifted_usage(codebook, cluster_size, input_scale, rule))
 
 
 def measured_scale(input_scale: torch.Tensor | float | None) -> float | None:
@@ -143,12 +164,16 @@ def judge_level(state: LevelState, step: int, rule: CodebookRule | None = None, 
             subject, {"rejected_updates": state.rejected_updates}))
     if not (state.active and state.initialized) or state.trained_steps < rule.min_trained_steps:
         return verdicts
-    if state.input_scale is not None and state.value_absmax > rule.drift_factor * state.input_scale:
+    if state.input_scale is not None and state.value_absmax > rule.drift_factor * state.input_scale and (
+            state.drifted_usage is None or state.drifted_usage >= rule.drift_min_usage):
+        share = "" if state.drifted_usage is None else \
+            f"; the codes beyond {rule.drift_factor:g}x take {state.drifted_usage:.0%} of its usage"
         verdicts.append(Verdict(
             "F2", step, f"{label} codes in use span [{state.value_min:.3g}, {state.value_max:.3g}], "
-            f"{state.value_absmax / state.input_scale:.1f}x the largest |input| it sees (EMA {state.input_scale:.3g})",
-            DRIFT_REMEDY, "codebook.drift", subject,
-            {"value_min": state.value_min, "value_max": state.value_max, "input_scale": state.input_scale}))
+            f"{state.value_absmax / state.input_scale:.1f}x the largest |input| it sees (EMA {state.input_scale:.3g})"
+            f"{share}", DRIFT_REMEDY, "codebook.drift", subject,
+            {"value_min": state.value_min, "value_max": state.value_max, "input_scale": state.input_scale,
+             "drifted_usage": state.drifted_usage}))
     if state.dead_codes > rule.max_dead_fraction * state.codebook_size:
         verdicts.append(Verdict(
             "F2", step, f"{label} has {state.dead_codes}/{state.codebook_size} dead codes (EMA usage below "

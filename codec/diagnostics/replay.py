@@ -109,7 +109,7 @@ def replay(rows: Iterable[Mapping[str, float]], config: Mapping[str, Any] | None
             if "value_max" in logged and "trained_steps" in logged:
                 state = LevelState(level, True, True, int(logged["trained_steps"]), size, logged["value_min"],
                                    logged["value_max"], logged.get("input_scale"), int(logged.get("dead_codes", 0)),
-                                   reseeding, int(logged.get("rejected_updates", 0)))
+                                   reseeding, int(logged.get("rejected_updates", 0)), logged.get("drifted_usage"))
                 verdicts += judge_level(state, step, codebook_rule)
         for (stage, group, level), logged in sorted(levels.items()):
             if (stage, group) == ("val", "codebook") and "perplexity" in logged and "rows" in logged:

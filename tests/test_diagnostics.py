@@ -285,6 +285,18 @@ def test_one_outlier_code_is_not_drift_but_a_share_of_the_usage_is():
     assert judge_level(replace(outlier, drifted_usage=None), 1750)
 
 
+def test_replay_reads_the_logged_share_of_the_far_codes():
+    from codec.diagnostics.replay import replay
+
+    logged = {"step": 1750, "train/codebook/q2/value_min": -2.7, "train/codebook/q2/value_max": 2.57,
+              "train/codebook/q2/input_scale": 0.376, "train/codebook/q2/trained_steps": 1750}
+    config = {"model": {"quantizer": {"codebook_size": 256}}}
+    assert replay([{**logged, "train/codebook/q2/drifted_usage": 0.0006}], config) == []  # the outlier's code
+    (verdict,) = replay([{**logged, "train/codebook/q2/drifted_usage": 0.2}], config)
+    assert verdict.rule == "codebook.drift" and verdict.step == 1750
+    assert [v.rule for v in replay([logged], config)] == ["codebook.drift"]  # logged before the share existed
+
+
 def test_dead_codes_are_relative_to_the_levels_mean_usage():
     usage = torch.full((1024,), 0.05)  # 200 rows per step over 1024 codes: each code rarely, none dead
     assert dead_code_count(usage) == 0

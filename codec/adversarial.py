@@ -44,7 +44,8 @@ class AdversarialConfig:
     lr, betas, weight_decay: the discriminator's AdamW (DAC: 1e-4, (0.8, 0.99)).
     lr_decay: the discriminator's exponential decay per discriminator step (DAC: 0.999996).
     cooldown: true: the discriminator's rate also falls to 0 over the codec schedule's cool-down
-        (the same last steps of the run), so both players anneal together; false: decay alone,
+        (the same last steps of the run; it needs the codec's WarmupExponentialLR, and any other
+        codec schedule is rejected), so both players anneal together; false: decay alone,
         the discriminator keeps learning at full rate while the codec's rate goes to 0.
     generator_clip_norm: gradient-norm clip of the codec's step. Under manual optimization
         Lightning does not clip (and refuses trainer.gradient_clip_val), so the module clips

@@ -277,9 +277,12 @@ def _optimizer_and_scheduler(configured):
 def _discriminator_schedule(disc_opt, cfg: AdversarialConfig, codec_schedule) -> WarmupExponentialLR:
     """DAC's decay per discriminator step; with `cfg.cooldown`, also the codec schedule's cool-down over
     the same steps of the run (the discriminator's first step is the run's step `cfg.warmup_steps`)."""
-    follows = cfg.cooldown and isinstance(codec_schedule, WarmupExponentialLR) and codec_schedule.total_steps
-    if not follows:
+    if not cfg.cooldown:
         return WarmupExponentialLR(disc_opt, 0, cfg.lr_decay)
+    if not isinstance(codec_schedule, WarmupExponentialLR) or not codec_schedule.total_steps:
+        raise ValueError("model.adversarial.cooldown follows the codec's cool-down, which needs lr_scheduler "
+                         "codec.lr_schedule.WarmupExponentialLR with a known run length; got "
+                         f"{type(codec_schedule).__name__ if codec_schedule is not None else 'no schedule'}")
     return WarmupExponentialLR(disc_opt, 0, cfg.lr_decay, codec_schedule.cooldown_fraction,
                                codec_schedule.total_steps, step_offset=cfg.warmup_steps)
 

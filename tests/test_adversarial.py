@@ -256,3 +256,13 @@ def test_the_discriminator_cools_down_with_the_codec_when_asked(tmp_path, cooldo
     # over the same steps of the run (its own step count starts 2 steps later).
     assert codec == pytest.approx([1, 1, 1, 1, 1, 1, 1, 0.75, 0.5, 0.25])
     assert disc == (pytest.approx(codec[2:]) if cooldown else pytest.approx([1.0] * 8))
+
+
+
+def test_a_discriminator_cool_down_without_the_codecs_cool_down_schedule_is_rejected(tmp_path):
+    cli = CodecCLI(args=["-c", str(CONF / "phase_1.yaml"), "-c", str(CONF / "gan.yaml"), *TINY,
+                         f"--run.root={tmp_path}", "--trainer.max_steps=2", "--run.diagnostics=false",
+                         "--model.adversarial.cooldown=true", "--lr_scheduler=torch.optim.lr_scheduler.ExponentialLR",
+                         "--lr_scheduler.init_args.gamma=0.99"], run=False)
+    with pytest.raises(ValueError, match="adversarial.cooldown follows the codec's cool-down.*got ExponentialLR"):
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)

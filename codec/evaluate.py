@@ -7,8 +7,8 @@ a file longer than `--segment-seconds` (default 30 s) is cut into equal pieces n
 longer than that, to bound memory. Per mode, the metrics are validation's own accumulators
 (`codec.metrics.AudioMetrics` and `CodeUsage`) fed one piece at a time, so every key means
 what `val/audio/<key>` and `val/rvq/*` mean in training: SNR and SI-SDR (means over non-silent
-pieces), mel_l1 and stft_distance (means weighted by length), rms_ratio, rms_ratio_no_dc and
-per-band ratios (over the whole folder), correlation, dc_offset, dc_fraction, loudness_diff_lu and
+pieces), mel_l1 (also per band) and stft_distance (means weighted by length), rms_ratio,
+rms_ratio_no_dc and per-band ratios (over the whole folder), correlation, dc_offset, dc_fraction, loudness_diff_lu and
 loudness_diff_max_lu (BS.1770 loudness, output - target, in LU), silent_items,
 `stoi` with --stoi; per level perplexity, codes used and bits used (usage entropy), and the
 nominal and used bitrates.
@@ -154,6 +154,12 @@ TABLE_ROWS = (("snr_db", "SNR dB"), ("si_sdr_db", "SI-SDR dB"), ("mel_l1", "mel 
               ("bitrate_used_kbps", "kbit/s used"))
 
 
+def band_label(key: str) -> str:
+    """`mel_l1_2000_8000hz` -> `mel 2000-8000` (the per-band keys of `AudioMetrics`)."""
+    name, low, high = key.removesuffix("hz").rsplit("_", 2)
+    return f"{'mel' if name == 'mel_l1' else 'RMS'} {low}-{high}"
+
+
 def format_table(report: dict) -> str:
     eval_, train = report["modes"]["eval"], report["modes"]["train"]
     lines = [
@@ -162,7 +168,8 @@ def format_table(report: dict) -> str:
         f"{report['skipped']} skipped, {report['num_levels']} levels",
         f"{'metric':<16} {'eval':>10} {'train':>10}",
     ]
-    for key, label in TABLE_ROWS:
+    rows = [*TABLE_ROWS, *((key, band_label(key)) for key in eval_ if key.endswith("hz"))]
+    for key, label in rows:
         if key in eval_:
             lines.append(f"{label:<16} {eval_[key]:>10.3f} {train[key]:>10.3f}")
     size = report["codebook_size"]

@@ -48,8 +48,9 @@ def bands_below_nyquist(sample_rate: int) -> tuple[tuple[float, float], ...]:
     return tuple(zip(edges[:-1], edges[1:], strict=True))
 
 
-def band_key(low: float, high: float) -> str:
-    return f"rms_ratio_{low:.0f}_{high:.0f}hz"
+def band_key(metric: str, low: float, high: float) -> str:
+    """`rms_ratio_500_2000hz`: a per-band metric's key."""
+    return f"{metric}_{low:.0f}_{high:.0f}hz"
 
 
 class STFTDistance(torch.nn.Module):
@@ -83,6 +84,8 @@ class AudioMetrics(Metric):
     - `snr_db`, `si_sdr_db`: means over non-silent items (torchmetrics' functional SNR/SI-SDR);
     - `mel_l1`: the multi-scale log-mel L1 of `codec.losses.MultiScaleMelLoss` with its
       defaults, `stft_distance` (`STFTDistance`): means over items weighted by length;
+      per band `mel_l1_{low}_{high}hz`, the mel distance of the mel bins centred in the band
+      (`MultiScaleMelLoss.band_distances`), weighted the same way;
     - `rms_ratio`: sqrt(output energy / target energy) over the non-silent items, DC included;
       `rms_ratio_no_dc`: the same with each item's mean removed from output and target;
       per band `rms_ratio_{low}_{high}hz` (STFT band energies, `MultiBandRMSLoss.band_rms`);
@@ -124,6 +127,7 @@ class AudioMetrics(Metric):
         bands = len(self.bands.bands_hz)
         _sum_state(self, "band_pred_energy", (bands,))
         _sum_state(self, "band_target_energy", (bands,))
+        _sum_state(self, "band_mel_sum", (bands,))
 
     @torch.no_grad()
     def update(self, pred: Tensor, target: Tensor) -> None:
@@ -183,7 +187,9 @@ class AudioMetrics(Metric):
             pred, target = F.pad(pred, (0, pad)), F.pad(target, (0, pad))
         with torch.autocast(pred.device.type, enabled=False):
             weight = float(pred.shape[0] * (pred.shape[-1] - pad))
-            self.mel_sum += weight * self.mel(pred, target).double()
+            mel, band_mel = self.mel.band_distances(pred, target, self.bands.bands_hz)
+            self.mel_sum += weight * mel.double()
+            self.band_mel_sum += weight * band_mel.double()
             self.stft_sum += weight * self.stft(pred, target).double()
         self.spectral_weight += weight
 
@@ -211,8 +217,10 @@ class AudioMetrics(Metric):
             "silent_items": self.silent_items.clone(),
             "items": self.items.clone(),
         }
-        for (low, high), p, t in zip(self.bands.bands_hz, self.band_pred_energy, self.band_target_energy, strict=True):
-            out[band_key(low, high)] = ratio(p, t).sqrt()
+        for (low, high), p, t, mel in zip(self.bands.bands_hz, self.band_pred_energy, self.band_target_energy,
+                                          self.band_mel_sum, strict=True):
+            out[band_key("rms_ratio", low, high)] = ratio(p, t).sqrt()
+            out[band_key("mel_l1", low, high)] = ratio(mel, self.spectral_weight)
         if self.stoi:
             out["stoi"] = ratio(self.stoi_sum, audible)
         return {k: v.float() for k, v in out.items()}

@@ -63,6 +63,7 @@ def test_eval_json_has_both_modes_finite_metrics_and_counts_the_corrupt_file(che
         # validation's val/audio/* keys (codec.metrics.AudioMetrics) and val/rvq/* (CodeUsage)
         assert set(mode) == {"snr_db", "si_sdr_db", "mel_l1", "stft_distance", "rms_ratio", "rms_ratio_no_dc",
                              "rms_ratio_0_500hz", "rms_ratio_500_2000hz", "rms_ratio_2000_8000hz", "correlation",
+                             "mel_l1_0_500hz", "mel_l1_500_2000hz", "mel_l1_2000_8000hz",
                              "dc_offset", "dc_fraction", "silent_items", "items", "levels", "bitrate_kbps",
                              "bitrate_used_kbps", "loudness_diff_lu", "loudness_diff_max_lu", "loudness_items"}
         assert mode["loudness_items"] == 1  # the 0.23 s file is shorter than BS.1770's 0.4 s block
@@ -119,6 +120,7 @@ def test_stoi_is_reported_when_asked(checkpoint, folder, capsys):
         assert main(["eval", str(checkpoint), "--data", str(folder)]) == 0
     table = capsys.readouterr().out
     assert "STFT distance" in table and "RMS ratio no DC" in table and "q0 bits used" in table
+    assert "mel 2000-8000" in table and "RMS 0-500" in table  # the per-band keys, labelled
 
 
 def test_missing_checkpoint_and_folder_are_named(checkpoint, tmp_path, capsys):

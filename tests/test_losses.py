@@ -173,6 +173,17 @@ def test_mel_distance_is_the_default_mel_loss_without_grad():
     torch.testing.assert_close(distance, MultiScaleMelLoss(SR)(pred, target).detach())
 
 
+def test_mel_band_distances_find_a_high_band_error_and_keep_the_total():
+    target = speechlike()
+    pred = target + sine(5000.0, amplitude=0.05)  # an error only above 2 kHz
+    loss = MultiScaleMelLoss(SR)
+    total, (low, mid, high) = loss.band_distances(pred, target, ((0, 500), (500, 2000), (2000, 8000)))
+    torch.testing.assert_close(total, loss(pred, target))
+    assert high > 0.05 and low < 0.05 * high and mid < 0.1 * high
+    _, (below_every_centre,) = loss.band_distances(pred, target, ((0, 20),))
+    assert math.isnan(below_every_centre)  # no mel bin is centred under 20 Hz: NaN, not 0
+
+
 def test_stft_loss_is_the_mean_of_convergence_plus_log_l1_over_resolutions():
     pred, target = speechlike(seed=1)[:, 0], speechlike(seed=0)[:, 0]
     expected = []

@@ -108,6 +108,7 @@ def test_band_ratios_see_where_the_level_was_lost():
     result = computed(low + 0.1 * high, low + high)
     assert result["rms_ratio_0_500hz"] == pytest.approx(1.0, rel=0.02)
     assert result["rms_ratio_2000_8000hz"] == pytest.approx(0.1, rel=0.05)
+    assert result["mel_l1_2000_8000hz"] > 10 * result["mel_l1_0_500hz"]  # and the mel distance with it
 
 
 def test_code_usage_entropy_and_bitrates_on_a_known_config():
@@ -153,7 +154,8 @@ def test_validation_and_codec_eval_give_the_same_numbers_on_the_same_audio(tmp_p
     report = evaluate(module, clips)["modes"]["eval"]
     assert report["silent_items"] == val["val/audio/silent_items"] == 1
     for key in ("snr_db", "si_sdr_db", "mel_l1", "stft_distance", "rms_ratio", "rms_ratio_no_dc", "correlation",
-                "dc_offset", "dc_fraction", "rms_ratio_0_500hz", "rms_ratio_500_2000hz", "rms_ratio_2000_8000hz"):
+                "dc_offset", "dc_fraction", "rms_ratio_0_500hz", "rms_ratio_500_2000hz", "rms_ratio_2000_8000hz",
+                "mel_l1_0_500hz", "mel_l1_500_2000hz", "mel_l1_2000_8000hz"):
         assert report[key] == pytest.approx(val[f"val/audio/{key}"], rel=1e-4, abs=1e-6), key
     assert report["bitrate_used_kbps"] == pytest.approx(val["val/rvq/bitrate_used_kbps"], rel=1e-6)
     for level in report["levels"]:

@@ -159,6 +159,14 @@ def test_bad_amplitude_settings_are_rejected_by_name():
         AmplitudeRule.from_settings({"patience": 0, "mode": "stop"})
 
 
+
+@pytest.mark.parametrize("key, value", [("drift_factor", 0.5), ("drift_min_usage", 1.5), ("max_dead_fraction", -0.1),
+                                        ("dead_usage_fraction", 1.0), ("min_trained_steps", -1)])
+def test_bad_codebook_settings_are_rejected_by_name(key, value):
+    with pytest.raises(ValueError, match=f"diagnostics.codebook.{key} must be"):
+        CodebookRule.from_settings({key: value, "mode": "warn"})
+
+
 # ---------------------------------------------------------------------------------------- F1/F2 usage
 
 

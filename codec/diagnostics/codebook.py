@@ -60,6 +60,20 @@ class CodebookRule(FromSettings):
     dead_usage_fraction: float = 0.01  # a code is dead below this fraction of the level's mean usage
     min_trained_steps: int = 200       # EMA usage and input scale settle before they are judged
 
+    def __post_init__(self):
+        # Out of range, a threshold either flags every healthy level or can never fire: say so at start.
+        if not self.drift_factor > 1:
+            raise ValueError(f"diagnostics.codebook.drift_factor must be > 1 (codes are averages of the level's "
+                             f"inputs, so within 1x its input scale), got {self.drift_factor}")
+        for name in ("drift_min_usage", "max_dead_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"diagnostics.codebook.{name} must be in [0, 1], got {getattr(self, name)}")
+        if not 0 <= self.dead_usage_fraction < 1:
+            raise ValueError("diagnostics.codebook.dead_usage_fraction must be in [0, 1) (a fraction of the "
+                             f"level's mean usage), got {self.dead_usage_fraction}")
+        if self.min_trained_steps < 0:
+            raise ValueError(f"diagnostics.codebook.min_trained_steps must be >= 0, got {self.min_trained_steps}")
+
 
 def level_trained(initialized: bool, trained_steps: int, codebook: torch.Tensor,
                   initial_codebook: torch.Tensor) -> bool:

@@ -18,6 +18,7 @@ def test_two_phases_train_side_by_side_and_the_report_puts_them_beside_the_repor
     text = (out / "reproduce.md").read_text()
     assert "| phase_1 | amplitude kept (RMS 0.080)" in text and "| phase_a | collapsed (RMS 0.0037" in text
     assert "Hardware:" in text and "Command: `codec reproduce --steps 6 --val-every 3" in text  # once
+    assert "mel distance per band at the last validation: 0-500 Hz " in text and "2000-8000 Hz" in text
     for figure in ("rms_ratio.png", "mel_distance.png", "q0_step_perplexity.png", "level_perplexity.png"):
         assert (out / figure).stat().st_size > 0
     for phase in ("phase_1", "phase_a"):

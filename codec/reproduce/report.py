@@ -7,6 +7,7 @@ runs copied off another machine (`codec reproduce --report-only`).
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from codec.runs import load_run, series
 RATIO = "val/audio/rms_ratio"
 RATIO_NO_DC = "val/audio/rms_ratio_no_dc"
 MEL = "val/audio/mel_l1"
+MEL_BAND = re.compile(r"val/audio/mel_l1_(\d+)_(\d+)hz")  # AudioMetrics' per-band mel distances
 STEP_PPL = "train/codebook/q{}/step_perplexity"
 WINDOW_PPL = "train/codebook/q{}/window_perplexity"
 VAL_PPL = "val/rvq/q{}/perplexity"
@@ -33,6 +35,7 @@ class Observed:
     status: str = "missing"
     ratio: list[tuple[int, float]] = field(default_factory=list)
     mel: list[tuple[int, float]] = field(default_factory=list)
+    mel_bands: list[tuple[str, float]] = field(default_factory=list)  # ("0-500 Hz", distance) at the last validation
     q0_step: list[tuple[int, float]] = field(default_factory=list)
     level_ppl: list[float] = field(default_factory=list)  # last validation, per level
     level_step_ppl: list[float] = field(default_factory=list)  # last logged smoothed per-step perplexity, per level
@@ -76,6 +79,7 @@ def observe(ph: Phase, root: Path, seconds: float | None = None) -> Observed:
         return Observed(ph, None)
     run_dir, rows, config, summary = run.path, run.metrics, run.config, run.summary or {}
     key = RATIO_NO_DC if any(RATIO_NO_DC in r for r in rows) else RATIO
+    bands = sorted({(int(m[1]), int(m[2])) for r in rows for k in r if (m := MEL_BAND.fullmatch(k))})
     levels = 0
     while any(VAL_PPL.format(levels) in r for r in rows):
         levels += 1
@@ -86,6 +90,8 @@ def observe(ph: Phase, root: Path, seconds: float | None = None) -> Observed:
     return Observed(
         ph, run_dir, steps=int(summary.get("steps") or max((int(r.get("step", 0)) for r in rows), default=0)),
         status=summary.get("status", "unknown"), ratio=at_steps(key), mel=at_steps(MEL),
+        mel_bands=[(f"{low}-{high} Hz", values[-1][1]) for low, high in bands
+                   if (values := at_steps(f"val/audio/mel_l1_{low}_{high}hz"))],
         q0_step=at_steps(STEP_PPL.format(0)),
         level_ppl=[(at_steps(VAL_PPL.format(i)) or [(0, math.nan)])[-1][1] for i in range(levels)],
         level_step_ppl=[(at_steps(STEP_PPL.format(i)) or [(0, math.nan)])[-1][1] for i in range(levels)],
@@ -155,6 +161,9 @@ def markdown(observed: list[Observed], command: str, hardware: str, minutes: flo
             lines.append("- the rules replayed over metrics.csv also find: " + "; ".join(v.line() for v in extra))
         if o.ratio:
             lines.append("- RMS ratio at each validation: " + ", ".join(f"{s}: {v:.3g}" for s, v in o.ratio))
+        if o.mel_bands:
+            lines.append("- mel distance per band at the last validation: "
+                         + ", ".join(f"{band} {value:.3g}" for band, value in o.mel_bands))
         if o.level_step_ppl:
             lines.append("- perplexity per level q0..qN at the end: within a step (smoothed) "
                          + " ".join(_fmt(p, 3) for p in o.level_step_ppl) + "; over the last window "

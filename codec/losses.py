@@ -146,10 +146,12 @@ class MultiScaleMelLoss(nn.Module):
         pred, target = _check_pair(pred, target)
         total = pred.new_zeros(())
         for mel in self.scales:
-            log_pred = torch.log10(mel(pred) + self.eps)
-            log_target = torch.log10(mel(target) + self.eps)
-            total = total + F.l1_loss(log_pred, log_target)
+            total = total + self._log_mel_error(mel, pred, target).mean()
         return total / len(self.scales)
+
+    def _log_mel_error(self, mel: nn.Module, pred: Tensor, target: Tensor) -> Tensor:
+        """|log10(mel(pred) + eps) - log10(mel(target) + eps)| at one scale: (..., n_mels, frames)."""
+        return (torch.log10(mel(pred) + self.eps) - torch.log10(mel(target) + self.eps)).abs()
 
     @torch.no_grad()
     def band_distances(self, pred: Tensor, target: Tensor,
@@ -166,7 +168,7 @@ class MultiScaleMelLoss(nn.Module):
         total = pred.new_zeros(())
         band_sum, band_scales = [pred.new_zeros(()) for _ in bands_hz], [0 for _ in bands_hz]
         for mel in self.scales:
-            error = (torch.log10(mel(pred) + self.eps) - torch.log10(mel(target) + self.eps)).abs()
+            error = self._log_mel_error(mel, pred, target)
             total = total + error.mean()
             per_bin = error.movedim(-2, 0).flatten(1).mean(dim=1)  # (n_mels,)
             centres = mel_centres_hz(mel)

@@ -79,7 +79,7 @@ def observe(ph: Phase, root: Path, seconds: float | None = None) -> Observed:
         return Observed(ph, None)
     run_dir, rows, config, summary = run.path, run.metrics, run.config, run.summary or {}
     key = RATIO_NO_DC if any(RATIO_NO_DC in r for r in rows) else RATIO
-    bands = sorted({(int(m[1]), int(m[2])) for r in rows for k in r if (m := MEL_BAND.fullmatch(k))})
+    bands = sorted({(int(m[1]), int(m[2]), k) for r in rows for k in r if (m := MEL_BAND.fullmatch(k))})
     levels = 0
     while any(VAL_PPL.format(levels) in r for r in rows):
         levels += 1
@@ -90,8 +90,7 @@ def observe(ph: Phase, root: Path, seconds: float | None = None) -> Observed:
     return Observed(
         ph, run_dir, steps=int(summary.get("steps") or max((int(r.get("step", 0)) for r in rows), default=0)),
         status=summary.get("status", "unknown"), ratio=at_steps(key), mel=at_steps(MEL),
-        mel_bands=[(f"{low}-{high} Hz", values[-1][1]) for low, high in bands
-                   if (values := at_steps(f"val/audio/mel_l1_{low}_{high}hz"))],
+        mel_bands=[(f"{low}-{high} Hz", values[-1][1]) for low, high, key in bands if (values := at_steps(key))],
         q0_step=at_steps(STEP_PPL.format(0)),
         level_ppl=[(at_steps(VAL_PPL.format(i)) or [(0, math.nan)])[-1][1] for i in range(levels)],
         level_step_ppl=[(at_steps(STEP_PPL.format(i)) or [(0, math.nan)])[-1][1] for i in range(levels)],

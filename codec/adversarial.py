@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from codec.model.discriminator import BANDS, Discriminator
+from codec.model.discriminator import BANDS, SPECTROGRAMS, Discriminator
 
 LOSSES = ("least_squares", "hinge")
 # "l1": DAC's, the L1 of every feature map summed, so the widest, loudest maps weigh most;
@@ -41,6 +41,8 @@ class AdversarialConfig:
         reconstruction loss alone (README, "Adversarial training", says why one would).
     periods, period_channels, fft_sizes, stft_channels, bands, peak_normalize: the discriminator
         (codec.model.discriminator.Discriminator).
+    spectrogram: what the STFT discriminators judge: "complex" (DAC: real and imaginary parts, phase
+        included) | "magnitude" (UnivNet's MRD: the log magnitude, phase-blind).
     lr, betas, weight_decay: the discriminator's AdamW (DAC: 1e-4, (0.8, 0.99)).
     lr_decay: the discriminator's exponential decay per discriminator step (DAC: 0.999996).
     cooldown: true: the discriminator's rate also falls to 0 over the codec schedule's cool-down
@@ -67,6 +69,7 @@ class AdversarialConfig:
     stft_channels: int = 8
     bands: list[list[float]] = field(default_factory=lambda: [list(b) for b in BANDS])
     peak_normalize: bool = True
+    spectrogram: str = "complex"
     lr: float = 1e-4
     betas: list[float] = field(default_factory=lambda: [0.8, 0.99])
     weight_decay: float = 0.01
@@ -81,6 +84,9 @@ class AdversarialConfig:
         if self.feature_matching not in FEATURE_MATCHING:
             raise ValueError(f"model.adversarial.feature_matching must be one of {FEATURE_MATCHING}, "
                              f"got {self.feature_matching!r}")
+        if self.spectrogram not in SPECTROGRAMS:
+            raise ValueError(f"model.adversarial.spectrogram must be one of {SPECTROGRAMS}, "
+                             f"got {self.spectrogram!r}")
         for name in ("warmup_steps", "ramp_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model.adversarial.{name} must be >= 0, got {getattr(self, name)}")
@@ -92,7 +98,7 @@ class AdversarialConfig:
 
     def build_discriminator(self) -> Discriminator:
         return Discriminator(self.periods, self.period_channels, self.fft_sizes, self.stft_channels,
-                             self.bands, self.peak_normalize)
+                             self.bands, self.peak_normalize, self.spectrogram)
 
     def weight(self, step: int) -> float:
         """0 during warm-up, then a linear ramp to 1 over ramp_steps."""

@@ -119,6 +119,23 @@ def test_relative_feature_matching_weighs_every_map_alike():
         AdversarialConfig(feature_matching="l2")
 
 
+def test_the_magnitude_spectrogram_discriminator_is_blind_to_phase_and_still_trains_the_codec():
+    # -x has the magnitude spectrum of x and the opposite phase: DAC's complex discriminator tells them
+    # apart, UnivNet's magnitude discriminator cannot; its gradient still reaches the audio it judges.
+    torch.manual_seed(0)
+    audio = (torch.randn(2, 1, 4000) * 0.1).requires_grad_()
+    for spectrogram, blind in (("complex", False), ("magnitude", True)):
+        disc = Discriminator(periods=[], fft_sizes=[256], stft_channels=4, spectrogram=spectrogram,
+                             peak_normalize=False)
+        same = [torch.allclose(a, b, atol=1e-6) for a, b in zip(disc(audio)[0], disc(-audio)[0], strict=True)]
+        assert all(same) == blind and any(same) == blind
+    audio.grad = None
+    generator_loss(disc(audio), "least_squares").backward()
+    assert audio.grad is not None and audio.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="adversarial.spectrogram"):
+        AdversarialConfig(spectrogram="phase")
+
+
 class CodecGradients(L.Callback):
     """The codec's gradients as its optimizer is about to step (after the adversarial terms)."""
 

@@ -4,7 +4,8 @@
 the waveform folded into a 2-D (samples / period, period) image, so each one sees one phase of a
 periodic structure) and one `STFTDiscriminator` per FFT size (DAC's multi-band, multi-resolution
 discriminator: 2-D convs over the real and imaginary parts of the complex STFT, one conv stack
-per frequency band). Every sub-discriminator returns its list of feature maps, the last one being
+per frequency band; or, phase-blind, over the log magnitude as UnivNet's multi-resolution
+spectrogram discriminator). Every sub-discriminator returns its list of feature maps, the last one being
 its logits: the adversarial loss reads the logits, feature matching reads the rest.
 
 DAC's are about 50x wider (MPD channels up to 1024, MRD 32 per band); here the widths are config
@@ -24,6 +25,10 @@ from torch.nn.utils.parametrizations import weight_norm
 # DAC's bands, as fractions of the one-sided spectrum.
 BANDS = ((0.0, 0.1), (0.1, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
 LEAK = 0.1
+# What an STFT discriminator looks at: "complex" (DAC: real and imaginary parts, so it judges phase too)
+# or "magnitude" (UnivNet's MRD, here log-compressed like the mel loss: it cannot see phase at all).
+SPECTROGRAMS = ("complex", "magnitude")
+LOG_FLOOR = 1e-5
 
 
 def _conv2d(cin: int, cout: int, kernel, stride=1, padding=0) -> nn.Module:
@@ -57,12 +62,16 @@ class PeriodDiscriminator(nn.Module):
 
 
 class STFTDiscriminator(nn.Module):
-    """2-D convs over (real, imag) of the STFT at one resolution, one conv stack per band; the bands'
-    outputs are joined along frequency before the logits."""
+    """2-D convs over (real, imag) of the STFT at one resolution, or over its log magnitude, one conv
+    stack per band; the bands' outputs are joined along frequency before the logits."""
 
     def __init__(self, n_fft: int, channels: int = 16, bands: Sequence[Sequence[float]] = BANDS,
-                 hop_fraction: float = 0.25):
+                 hop_fraction: float = 0.25, spectrogram: str = "complex"):
         super().__init__()
+        if spectrogram not in SPECTROGRAMS:
+            raise ValueError(f"spectrogram must be one of {SPECTROGRAMS}, got {spectrogram!r}")
+        self.spectrogram = spectrogram
+        in_channels = 2 if spectrogram == "complex" else 1
         self.n_fft, self.hop = n_fft, max(1, int(n_fft * hop_fraction))
         bins = n_fft // 2 + 1
         self.bands = [(int(low * bins), int(high * bins)) for low, high in bands]
@@ -72,7 +81,7 @@ class STFTDiscriminator(nn.Module):
 
         def stack() -> nn.ModuleList:
             return nn.ModuleList([
-                _conv2d(2, channels, (3, 9), 1, (1, 4)),
+                _conv2d(in_channels, channels, (3, 9), 1, (1, 4)),
                 _conv2d(channels, channels, (3, 9), (1, 2), (1, 4)),
                 _conv2d(channels, channels, (3, 9), (1, 2), (1, 4)),
                 _conv2d(channels, channels, (3, 9), (1, 2), (1, 4)),
@@ -84,7 +93,10 @@ class STFTDiscriminator(nn.Module):
 
     def forward(self, audio: torch.Tensor) -> list[torch.Tensor]:
         spec = torch.stft(audio.flatten(1), self.n_fft, self.hop, window=self.window, return_complex=True)
-        x = torch.view_as_real(spec).permute(0, 3, 2, 1)  # (B, 2, frames, bins)
+        if self.spectrogram == "complex":
+            x = torch.view_as_real(spec).permute(0, 3, 2, 1)  # (B, 2, frames, bins)
+        else:
+            x = spec.abs().clamp_min(LOG_FLOOR).log().transpose(1, 2).unsqueeze(1)  # (B, 1, frames, bins)
         features, outputs = [], []
         for (low, high), convs in zip(self.bands, self.band_convs, strict=True):
             band = x[..., low:high]
@@ -107,18 +119,20 @@ class Discriminator(nn.Module):
         bands: frequency bands of the STFT discriminators, fractions of the spectrum.
         peak_normalize: remove each item's DC and scale its peak to 0.8 before judging (DAC),
             so the discriminator judges the shape of a sound whatever its level.
+        spectrogram: what the STFT discriminators see, "complex" (DAC) or "magnitude" (UnivNet).
     """
 
     def __init__(self, periods: Sequence[int] = (2, 3, 5, 7, 11), period_channels: Sequence[int] = (16, 32, 64, 128),
                  fft_sizes: Sequence[int] = (1024, 512, 256), stft_channels: int = 16,
-                 bands: Sequence[Sequence[float]] = BANDS, peak_normalize: bool = True):
+                 bands: Sequence[Sequence[float]] = BANDS, peak_normalize: bool = True,
+                 spectrogram: str = "complex"):
         super().__init__()
         if not periods and not fft_sizes:
             raise ValueError("the discriminator needs at least one period or one FFT size")
         self.peak_normalize = peak_normalize
         self.discriminators = nn.ModuleList(
             [PeriodDiscriminator(p, period_channels) for p in periods]
-            + [STFTDiscriminator(n, stft_channels, bands) for n in fft_sizes])
+            + [STFTDiscriminator(n, stft_channels, bands, spectrogram=spectrogram) for n in fft_sizes])
 
     def forward(self, audio: torch.Tensor) -> list[list[torch.Tensor]]:
         """(B, 1, S) -> per sub-discriminator, its feature maps (the last: logits)."""

@@ -5,8 +5,8 @@ the waveform folded into a 2-D (samples / period, period) image, so each one see
 periodic structure) and one `STFTDiscriminator` per FFT size (DAC's multi-band, multi-resolution
 discriminator: 2-D convs over the real and imaginary parts of the complex STFT, one conv stack
 per frequency band; or, phase-blind, over the log magnitude as UnivNet's multi-resolution
-spectrogram discriminator). Every sub-discriminator returns its list of feature maps, the last one being
-its logits: the adversarial loss reads the logits, feature matching reads the rest.
+spectrogram discriminator). Every sub-discriminator returns its list of feature maps, the last
+one being its logits: the adversarial loss reads the logits, feature matching reads the rest.
 
 DAC's are about 50x wider (MPD channels up to 1024, MRD 32 per band); here the widths are config
 values (`AdversarialConfig`) and the defaults keep a discriminator step about as costly as a

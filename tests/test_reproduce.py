@@ -75,3 +75,26 @@ def test_an_interrupted_run_gets_no_outcome_of_its_phase():
     interrupted = Observed(phase("phase_1"), None, steps=737, status="interrupted", ratio=healthy)
     assert (finished.outcome, finished.agrees) == ("kept", "yes")
     assert (interrupted.outcome, interrupted.agrees) == ("interrupted at step 737", "-")
+
+
+def test_each_run_takes_its_share_of_what_the_command_may_use(monkeypatch, tmp_path):
+    # Beside another run (CODEC_PARALLEL_RUNS=2 outside) one run of reproduce gets half the CPUs, not
+    # all of them: two threads on a core that is already busy thrashed (149 steps in 20 minutes).
+    import sys
+
+    from codec import threads
+    from codec.reproduce import runner
+
+    monkeypatch.setattr(threads, "available_cpus", lambda: 2)
+    assert runner.threads_per_run(1, {}) == 2 and runner.threads_per_run(2, {}) == 1
+    assert runner.threads_per_run(1, {"CODEC_PARALLEL_RUNS": "2"}) == 1
+    assert runner.threads_per_run(2, {"OMP_NUM_THREADS": "3"}) == 3  # yours wins
+    seen = []
+    monkeypatch.setenv("CODEC_PARALLEL_RUNS", "2")
+    monkeypatch.setattr(runner, "fit_command", lambda run, root: [sys.executable, "-c", "pass"])
+    real_popen = runner.subprocess.Popen
+    monkeypatch.setattr(runner.subprocess, "Popen",
+                        lambda *a, env, **k: seen.append(env["CODEC_PARALLEL_RUNS"]) or real_popen(*a, env=env, **k))
+    runner.run_all([runner.Run("phase_1", [])], tmp_path / "runs", tmp_path / "logs", steps=1, jobs=3, threads=1,
+                   echo=lambda _: None)
+    assert seen == ["6"]  # the children know they are 3 of this command's 2 shares

@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 
 from codec.reproduce.phases import PHASES
-from codec.reproduce.runner import Run, available_cpus, configs_for, run_all, run_name
+from codec.reproduce.runner import Run, configs_for, run_all, run_name, threads_per_run
+from codec.threads import available_cpus, parallel_runs
 
 GPU_STEPS, CPU_STEPS = 6000, 3000
 
@@ -96,9 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "codec reproduce " + " ".join(shlex.quote(a) for a in given)
     minutes = None
     if not opts.report_only:
-        cpus = available_cpus()
+        cpus = max(1, available_cpus() // parallel_runs())  # this command's share, when something else shares the CPUs
         jobs = opts.jobs or default_jobs(len(names), cpus, gpu)
-        threads = max(1, cpus // jobs)
+        threads = threads_per_run(jobs)
         run_args = [f"--trainer.max_steps={steps}", f"--trainer.val_check_interval={min(opts.val_every, steps)}",
                     "--trainer.check_val_every_n_epoch=null", "--diagnostics.amplitude.mode=warn",
                     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",

@@ -1,7 +1,8 @@
 """Train several configs side by side without oversubscribing the machine.
 
-Each run is its own `codec fit` process (a crash stays in its run), `jobs` at a time, each with
-`cpus // jobs` threads (several processes with default threads thrashed 140x on a 16-core machine),
+Each run is its own `codec fit` process (a crash stays in its run), `jobs` at a time, each with its
+share of this command's threads (`threads_per_run`: several processes with default threads thrashed
+140x on a 16-core machine),
 logging to `<out>/logs/<name>.log`. A run whose newest run directory already finished with at least
 the asked steps is kept, so an interrupted reproduction resumes where it stopped.
 """
@@ -16,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from codec.threads import environment_for_children, fitted_threads
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -29,12 +32,12 @@ class Run:
     skipped: bool = False
 
 
-def available_cpus() -> int:
-    """CPUs this process may run on (affinity; the whole machine where that is unknown)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+def threads_per_run(jobs: int, environ: dict | None = None) -> int:
+    """Threads for each of `jobs` runs at once: this command's share of the CPUs (codec/threads.py:
+    affinity and cgroup quota, divided by CODEC_PARALLEL_RUNS when something else shares them)
+    split `jobs` ways; your OMP_NUM_THREADS, when you set one, wins."""
+    environ = os.environ if environ is None else environ
+    return fitted_threads({**environ, **environment_for_children(jobs, environ)}).threads
 
 
 def config_for(name: str) -> Path:
@@ -79,7 +82,7 @@ def run_all(runs: list[Run], root: Path, logs: Path, steps: int, jobs: int, thre
     """Train `runs` (`jobs` at a time, `threads` each); returns them with their wall time and exit code."""
     logs.mkdir(parents=True, exist_ok=True)
     child_env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
-                 "CODEC_PARALLEL_RUNS": str(jobs), "PYTHONUNBUFFERED": "1"}
+                 **environment_for_children(jobs), "PYTHONUNBUFFERED": "1"}
     waiting = []
     for run in runs:
         if not force and finished(root / run.name, steps):

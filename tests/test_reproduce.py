@@ -61,7 +61,7 @@ def test_a_run_that_ends_early_with_exit_0_is_not_called_done(tmp_path, monkeypa
     monkeypatch.setattr(runner, "fit_command", fake_fit)
     said = []
     runs = runner.run_all([runner.Run("phase_1", [])], tmp_path / "runs", tmp_path / "logs", steps=100, jobs=1,
-                          threads=1, echo=said.append)
+                          echo=said.append)
     assert runs[0].returncode == 0 and not runner.finished(tmp_path / "runs" / "phase_1", 100)
     assert "ended before its last step" in said[-1] and "done" not in said[-1]
 
@@ -89,12 +89,17 @@ def test_each_run_takes_its_share_of_what_the_command_may_use(monkeypatch, tmp_p
     assert runner.threads_per_run(1, {}) == 2 and runner.threads_per_run(2, {}) == 1
     assert runner.threads_per_run(1, {"CODEC_PARALLEL_RUNS": "2"}) == 1
     assert runner.threads_per_run(2, {"OMP_NUM_THREADS": "3"}) == 3  # yours wins
-    seen = []
-    monkeypatch.setenv("CODEC_PARALLEL_RUNS", "2")
-    monkeypatch.setattr(runner, "fit_command", lambda run, root: [sys.executable, "-c", "pass"])
+    started_with = []
     real_popen = runner.subprocess.Popen
-    monkeypatch.setattr(runner.subprocess, "Popen",
-                        lambda *a, env, **k: seen.append(env["CODEC_PARALLEL_RUNS"]) or real_popen(*a, env=env, **k))
-    runner.run_all([runner.Run("phase_1", [])], tmp_path / "runs", tmp_path / "logs", steps=1, jobs=3, threads=1,
+
+    def popen(*args, env, **kwargs):  # the environment each run's process really gets
+        started_with.append((env["CODEC_PARALLEL_RUNS"], env["OMP_NUM_THREADS"]))
+        return real_popen(*args, env=env, **kwargs)
+
+    monkeypatch.setenv("CODEC_PARALLEL_RUNS", "2")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(runner, "fit_command", lambda run, root: [sys.executable, "-c", "pass"])
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    runner.run_all([runner.Run("phase_1", [])], tmp_path / "runs", tmp_path / "logs", steps=1, jobs=2,
                    echo=lambda _: None)
-    assert seen == ["6"]  # the children know they are 3 of this command's 2 shares
+    assert started_with == [("4", "1")]  # one of 2 runs in this command's half of the 2 CPUs

@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codec reproduce: {len(runs)} runs of {steps} steps, {jobs} at a time with {threads} thread(s) each, "
               f"on {'GPU' if gpu else 'CPU'}; runs in {root}")
         started = time.monotonic()
-        run_all(runs, root, out / "logs", steps, jobs, threads, force=opts.force)
+        run_all(runs, root, out / "logs", steps, jobs, force=opts.force)
         minutes = (time.monotonic() - started) / 60
         timings.update({r.name: r.seconds for r in runs if r.seconds is not None})
         out.mkdir(parents=True, exist_ok=True)

@@ -77,10 +77,12 @@ def fit_command(run: Run, root: Path) -> list[str]:
             *run.args]
 
 
-def run_all(runs: list[Run], root: Path, logs: Path, steps: int, jobs: int, threads: int,
+def run_all(runs: list[Run], root: Path, logs: Path, steps: int, jobs: int,
             env: dict[str, str] | None = None, force: bool = False, echo=print) -> list[Run]:
-    """Train `runs` (`jobs` at a time, `threads` each); returns them with their wall time and exit code."""
+    """Train `runs` (`jobs` at a time, `threads_per_run(jobs)` threads each); returns them with their wall
+    time and exit code."""
     logs.mkdir(parents=True, exist_ok=True)
+    threads = threads_per_run(jobs)
     child_env = {**os.environ, **(env or {}), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                  **environment_for_children(jobs), "PYTHONUNBUFFERED": "1"}
     waiting = []

@@ -81,6 +81,10 @@ class CodecCLI(LightningCLI):
             else:
                 parser_kwargs.update(defaults)
         warnings.filterwarnings("ignore", message=".*configure_optimizers` will be overridden.*")
+        # With a discriminator (manual optimization) Lightning warns at every step-interval checkpoint
+        # that it holds the state after the step: so does every automatic-optimization checkpoint,
+        # and a checkpoint at global_step N is meant to hold N codec steps (test_adversarial.py, resume).
+        warnings.filterwarnings("ignore", message=".*manual optimization and every_n_train_steps.*")
         super().__init__(
             CodecModule,
             AudioDataModule,

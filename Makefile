@@ -66,7 +66,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/ddp_throughput.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check codec tests bench
+	$(PY) -m ruff check codec tests bench scripts
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -31,8 +31,9 @@ class AdversarialConfig:
     loss: "least_squares" (LSGAN, as DAC and HiFi-GAN) | "hinge" (SoundStream, EnCodec).
     warmup_steps: generator steps before the discriminator runs and the adversarial terms count.
     ramp_steps: steps after warm-up over which the adversarial weight rises from 0 to 1.
-    generator_weight: weight of the generator's adversarial loss (DAC: 1).
-    feature_matching_weight: weight of the feature-matching L1 (DAC: 2).
+    generator_weight: weight of the generator's adversarial loss (DAC: 1, against a mel term ~14x
+        this lab's: DAC's balance here is 0.07, conf/gan_dac_balance.yaml).
+    feature_matching_weight: weight of the feature-matching L1 (DAC: 2; DAC's balance here: 0.14).
     feature_matching: "l1" (DAC: summed L1 over feature maps) | "relative" (EnCodec: each map's L1
         over the target's mean |feature|, averaged over maps).
     train_encoder: true (DAC, EnCodec): the adversarial and feature-matching gradients train the whole

@@ -282,3 +282,26 @@ def test_a_discriminator_cool_down_without_the_codecs_cool_down_schedule_is_reje
                          "--lr_scheduler.init_args.gamma=0.99"], run=False)
     with pytest.raises(ValueError, match="adversarial.cooldown follows the codec's cool-down.*got ExponentialLR"):
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+
+
+def test_the_dac_balance_piece_holds_dacs_ratios_in_this_labs_mel_units():
+    """conf/gan_dac_balance.yaml is DAC's mel : adversarial : feature-matching balance only while
+    this lab's mel loss is ~14x smaller than DAC's: a change to MultiScaleMelLoss's scales or power
+    changes that factor, and this fails until the piece's weights are measured again."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("dac_mel_units", CONF.parent / "scripts" / "dac_mel_units.py")
+    units = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(units)
+    ratios = [dac / ours for ours, dac in units.measure(items=16).values()]
+    factor = sum(ratios) / len(ratios)
+    assert 10 < min(ratios) and max(ratios) < 18  # 2 (power) x 7 summed scales, less the clamp's effect
+
+    mel_weight = yaml.safe_load((CONF / "defaults.yaml").read_text())["model"]["losses"]["mel"]
+    piece = yaml.safe_load((CONF / "gan_dac_balance.yaml").read_text())["model"]["adversarial"]
+    dac = units.DAC_WEIGHTS
+    # each adversarial weight against the mel weight, with DAC's mel expressed in this lab's units
+    for key, dac_key in (("generator_weight", "adversarial"), ("feature_matching_weight", "feature_matching")):
+        assert piece[key] / mel_weight == pytest.approx(dac[dac_key] / (dac["mel"] * factor), rel=0.1)

@@ -1,8 +1,11 @@
 """Adversarial training: warm-up, step counting, which gradients reach what, optimizers and schedules."""
 
+import importlib.util
+
 import lightning as L
 import pytest
 import torch
+import yaml
 from torch.utils.data import DataLoader
 
 from codec.adversarial import (
@@ -288,10 +291,6 @@ def test_the_dac_balance_piece_holds_dacs_ratios_in_this_labs_mel_units():
     """conf/gan_dac_balance.yaml is DAC's mel : adversarial : feature-matching balance only while
     this lab's mel loss is ~14x smaller than DAC's: a change to MultiScaleMelLoss's scales or power
     changes that factor, and this fails until the piece's weights are measured again."""
-    import importlib.util
-
-    import yaml
-
     spec = importlib.util.spec_from_file_location("dac_mel_units", CONF.parent / "scripts" / "dac_mel_units.py")
     units = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(units)
